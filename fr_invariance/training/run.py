@@ -1,0 +1,89 @@
+"""Build every object of a training run from the Hydra config and run it (``train.py`` calls :func:`run_training`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fr_invariance.attributes import NO_ATTRIBUTE, get_attribute
+from fr_invariance.data.controls import validate_strength
+from fr_invariance.data.factory import build_datamodule
+from fr_invariance.models.weights import load_backbone_weights
+from fr_invariance.training.callbacks import BackboneExport, NaNGuard, batch_size_of
+from fr_invariance.training.module import FaceRecognitionModule
+
+
+def wandb_has_credentials() -> bool:
+    """True when a W&B API key is available (environment or ``~/.netrc``); otherwise runs go offline."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+    """Instantiate every configured logger; W&B switches to offline mode when no credentials are found."""
+    loggers: list[Logger] = []
+    for name, node in (logger_cfg or {}).items():
+        if name == "wandb" and not wandb_has_credentials():
+            node = OmegaConf.merge(node, {"offline": True})
+        loggers.append(instantiate(node))
+    return loggers
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fail early, with the fix in the message, on invalid attribute / strength / data combinations."""
+    if cfg.attr.name != NO_ATTRIBUTE:
+        get_attribute(cfg.attr.name)
+    validate_strength(cfg.aug.strength)
+
+
+def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(batch_size_fn=batch_size_of),
+        NaNGuard(),
+        BackboneExport(output_dir / "backbone.pth"),
+    ]
+    if cfg.get("invariance") is not None:
+        callbacks.append(instantiate(cfg.invariance))
+    return callbacks
+
+
+def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Fine-tune as configured; return the summary printed by ``train.py`` as one JSON line."""
+    output_dir = Path(output_dir)
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    datamodule = build_datamodule(cfg)
+    module = FaceRecognitionModule(OmegaConf.to_container(cfg, resolve=True), num_classes=datamodule.num_classes)
+    if cfg.model.weights and not cfg.ckpt_path:
+        load_backbone_weights(
+            module.backbone, cfg.model.weights, fmt=cfg.model.weights_format, bgr_to_rgb=cfg.model.bgr_to_rgb
+        )
+
+    callbacks = build_callbacks(cfg, output_dir)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, default_root_dir=str(output_dir), logger=build_loggers(cfg.logger), callbacks=callbacks
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    invariance = next((c for c in callbacks if hasattr(c, "last_energies")), None)
+    return {
+        "run_dir": str(output_dir),
+        "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
+        "backbone_pth": str(output_dir / "backbone.pth"),
+        "val_verification_acc": metrics.get("val_verification_acc"),
+        "energy": dict(invariance.last_energies) if invariance is not None else {},
+    }

@@ -1,0 +1,103 @@
+"""End-to-end tests of train.py with tiny overrides (subprocesses, like a user types them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.entrypoints import run_train, summary_of
+
+TINY = [
+    "experiment=quickstart",
+    "data.image_size=32",
+    "data.identities=16",
+    "data.samples_per_epoch=128",
+    "data.batch_size=64",
+    "data.val_identities=8",
+    "data.val_pairs=40",
+    "trainer.max_epochs=2",
+    "invariance.n_identities=2",
+    "invariance.n_curves=8",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = summary_of(run_train(*TINY, "attr=contrast", "logger=wandb", f"hydra.run.dir={run_dir}"))
+    return run_dir, summary
+
+
+def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
+    run_dir, summary = trained_run
+    assert Path(summary["run_dir"]) == run_dir
+    assert Path(summary["last_checkpoint"]).is_file()
+    assert Path(summary["backbone_pth"]).is_file()
+    assert 0.0 <= summary["val_verification_acc"] <= 1.0
+    assert set(summary["energy"]) == {
+        "head_angle", "age", "hair_color", "illumination", "expression", "brightness", "contrast", "hue"
+    }
+    metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    assert metrics["val_verification_acc"].notna().sum() == 2  # one per epoch
+    energy_columns = [c for c in metrics.columns if c.startswith("invariance/contrast/energy@")]
+    assert energy_columns and metrics[energy_columns[0]].notna().sum() == 2
+    assert (run_dir / "config.yaml").is_file()
+    checkpoint = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["cfg"]["attr"]["name"] == "contrast"
+    assert any(key.startswith("backbone.") for key in checkpoint["state_dict"])
+
+
+def test_wandb_logger_writes_an_offline_run(trained_run):
+    run_dir, _ = trained_run
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+
+
+def test_warm_start_from_backbone_pth_with_a_new_class_count(trained_run, tmp_path):
+    _, summary = trained_run
+    overrides = [o for o in TINY if not o.startswith(("data.identities", "trainer.max_epochs"))]
+    result = run_train(
+        *overrides, "data.identities=12", "trainer.max_epochs=1", "invariance=off",
+        f"model.weights={summary['backbone_pth']}", f"hydra.run.dir={tmp_path}",
+    )
+    assert Path(summary_of(result)["last_checkpoint"]).is_file()
+
+
+def test_resume_from_last_checkpoint_continues_to_max_epochs(trained_run, tmp_path):
+    _, summary = trained_run
+    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    result = run_train(
+        *overrides, "attr=contrast", "trainer.max_epochs=3", "invariance=off",
+        f"ckpt_path={summary['last_checkpoint']}", f"hydra.run.dir={tmp_path}",
+    )
+    checkpoint = torch.load(summary_of(result)["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 2  # epochs 0, 1 restored, epoch 2 trained
+
+
+def test_multirun_sweeps_two_jobs(tmp_path):
+    result = run_train("-m", *TINY, "attr=contrast,hue", "trainer.max_epochs=1", "invariance=off",
+                       f"hydra.sweep.dir={tmp_path}")
+    checkpoints = sorted(tmp_path.glob("*/checkpoints/last.ckpt"))
+    assert len(checkpoints) == 2, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("aug.strength=1.5", "aug.strength=1.5 is outside [0, 1]"),
+        ("model.weights=/nonexistent/backbone.pth", "/nonexistent/backbone.pth"),
+    ],
+)
+def test_user_errors_end_in_one_clear_line(override, message, tmp_path):
+    result = run_train(*TINY, override, f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_attribute_names_the_valid_options(tmp_path):
+    result = run_train(*TINY, "attr=nose_size", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode != 0
+    assert "nose_size" in result.stderr and "contrast" in result.stderr
