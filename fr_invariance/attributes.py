@@ -46,7 +46,7 @@ class Attribute:
 _REGISTRY: tuple[Attribute, ...] = (
     Attribute("head_angle", "semantic", "yaw: -1 = head turned 45 deg to its right, +1 = 45 deg to its left", 0.15),
     Attribute("age", "semantic", "-1 = young (smooth skin, full face), +1 = old (wrinkles, grey hair, sagging jaw)", 0.15),
-    Attribute("hair_color", "semantic", "a path through natural hair colours: -1 = platinum blond, 0 = identity's own, +1 = black/red", 0.15),
+    Attribute("hair_color", "semantic", "natural hair-colour path: -1 = platinum blond, 0 = identity's own, +1 = jet black (via golden blond, light brown, auburn, chestnut, dark brown)", 0.15),
     Attribute("illumination", "semantic", "key-light azimuth: -1 = lit from the face's right (-90 deg), +1 = from its left (+90 deg)", 0.15),
     Attribute("expression", "semantic", "-1 = frown (brows down, mouth corners down), +1 = broad smile", 0.15),
     Attribute("brightness", "image", "additive luminance shift of -0.3 .. +0.3 (images in [0, 1])", 0.1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,15 @@ def validate_config(cfg: DictConfig) -> None:
     validate_strength(cfg.aug.strength)
 
 
+# Samples/s is what we report; FLOP counting would need a model-specific flops_per_batch.
+warnings.filterwarnings("ignore", message=".*ThroughputMonitor.*flops_per_batch.*")
+
+
 def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
         LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=batch_size_of),
+        ThroughputMonitor(batch_size_fn=batch_size_of, window_size=10),
         NaNGuard(),
         BackboneExport(output_dir / "backbone.pth"),
     ]
