@@ -19,15 +19,14 @@ TINY = [
     "data.val_identities=8",
     "data.val_pairs=40",
     "trainer.max_epochs=2",
-    "invariance.n_identities=2",
-    "invariance.n_curves=8",
 ]
+SMALL_INVARIANCE = ["invariance.n_identities=2", "invariance.n_curves=8"]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
-    summary = summary_of(run_train(*TINY, "attr=contrast", "logger=wandb", f"hydra.run.dir={run_dir}"))
+    summary = summary_of(run_train(*TINY, *SMALL_INVARIANCE, "attr=contrast", "logger=wandb", f"hydra.run.dir={run_dir}"))
     return run_dir, summary
 
 
@@ -72,8 +71,10 @@ def test_resume_from_last_checkpoint_continues_to_max_epochs(trained_run, tmp_pa
         *overrides, "attr=contrast", "trainer.max_epochs=3", "invariance=off",
         f"ckpt_path={summary['last_checkpoint']}", f"hydra.run.dir={tmp_path}",
     )
-    checkpoint = torch.load(summary_of(result)["last_checkpoint"], map_location="cpu", weights_only=False)
-    assert checkpoint["epoch"] == 2  # epochs 0, 1 restored, epoch 2 trained
+    before = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
+    after = torch.load(summary_of(result)["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert after["epoch"] == before["epoch"] + 1  # two epochs restored, exactly one more trained
+    assert after["global_step"] == before["global_step"] + 2  # 128 samples / batch 64 = 2 steps per epoch
 
 
 def test_multirun_sweeps_two_jobs(tmp_path):
@@ -91,13 +92,13 @@ def test_multirun_sweeps_two_jobs(tmp_path):
     ],
 )
 def test_user_errors_end_in_one_clear_line(override, message, tmp_path):
-    result = run_train(*TINY, override, f"hydra.run.dir={tmp_path}", check=False)
+    result = run_train(*TINY, "invariance=off", override, f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unknown_attribute_names_the_valid_options(tmp_path):
-    result = run_train(*TINY, "attr=nose_size", f"hydra.run.dir={tmp_path}", check=False)
+    result = run_train(*TINY, "invariance=off", "attr=nose_size", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode != 0
     assert "nose_size" in result.stderr and "contrast" in result.stderr

@@ -1,0 +1,183 @@
+"""Load what ``evaluate.py`` measures: a trained backbone or a folder of precomputed embeddings.
+
+Three sources:
+
+(a) our Lightning ``.ckpt``: ``checkpoint["hyper_parameters"]["cfg"]`` is the full training config; the
+    backbone is rebuilt from ``cfg["model"]["backbone"]`` and loaded from ``state_dict`` (``backbone.*``);
+(b) bare backbone weights (insightface ``backbone.pth``, an AdaFace ``.ckpt``, ...): the model config node
+    (``model=<name>`` in the evaluate config, schema of ``conf/model/*.yaml``) says what to build;
+(c) a directory of embeddings in the paper layout (``df_param_step.csv`` + one ``.npy`` per identity).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from fr_invariance.data.paper_format import PaperEmbeddings, read_paper_embeddings
+from fr_invariance.errors import ConfigurationError
+from fr_invariance.models import available_backbones
+from fr_invariance.models.weights import WeightLoadingError, load_backbone_weights
+
+_GENERIC_STEMS = {"last", "backbone", "model", "best"}
+
+
+class CheckpointError(ConfigurationError):
+    """A checkpoint that cannot be evaluated as given (no model config, model mismatch...)."""
+
+
+@dataclass
+class ModelSource:
+    """A backbone ready for evaluation (already on its device).
+
+    Attributes:
+        name: short name used in tables and plots.
+        image_size: side in pixels the backbone was trained at.
+        epoch: training epoch stored in the checkpoint (None if unknown).
+        weights_format: format the weights were read as (``lightning``, ``insightface``, ``adaface``).
+    """
+
+    name: str
+    path: Path
+    backbone: nn.Module
+    image_size: int
+    epoch: int | None
+    weights_format: str
+
+
+@dataclass
+class EmbeddingSource:
+    """Precomputed embeddings in the paper layout; ``metric`` is the position metric d_X to use."""
+
+    name: str
+    path: Path
+    embeddings: PaperEmbeddings
+    metric: str
+
+
+def source_names(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique names: the file stem, prefixed by parent folders (``checkpoints/`` skipped) when the
+    stem is generic (``last``, ``backbone``, ``epoch=3-step=90``...) or shared by several paths."""
+    parts = []
+    for path in paths:
+        path = Path(path).resolve()
+        stem = path.name if path.is_dir() else path.stem
+        parts.append([p for p in path.parent.parts[1:] if p != "checkpoints"] + [stem])
+    depths = [1] * len(parts)
+    for k, chain in enumerate(parts):
+        if chain[-1] in _GENERIC_STEMS or chain[-1].startswith("epoch="):
+            depths[k] = min(2, len(chain))
+    while True:
+        names = ["/".join(chain[-depth:]) for chain, depth in zip(parts, depths)]
+        clashing = [k for k, name in enumerate(names) if names.count(name) > 1 and depths[k] < len(parts[k])]
+        if not clashing:
+            return names
+        for k in clashing:
+            depths[k] += 1
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """torch.load on the CPU; tensors-only unpickling first, full unpickling for older Lightning files."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
+        if not (isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()):
+            raise CheckpointError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error}).") from error
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _training_config(checkpoint: Any) -> Mapping[str, Any] | None:
+    if not isinstance(checkpoint, Mapping):
+        return None
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    if not isinstance(hyper_parameters, Mapping):
+        return None
+    cfg = hyper_parameters.get("cfg")
+    return cfg if isinstance(cfg, Mapping) and "model" in cfg else None
+
+
+def load_model_source(
+    path: str | Path,
+    *,
+    model_cfg: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+) -> ModelSource:
+    """Build and load a backbone for evaluation.
+
+    Args:
+        path: our Lightning ``.ckpt`` (training config inside) or bare backbone weights.
+        model_cfg: model config node (``name``, ``backbone`` with ``_target_``, ``weights_format``,
+            ``bgr_to_rgb``); required for bare weights, optional for our ``.ckpt`` (then its ``name``
+            must equal the checkpoint's model).
+        device: where the backbone is moved.
+        name: display name (default: :func:`source_names` of ``path``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: no way to know the model, a model name mismatch, or weights that do not fit the
+            model (the message lists missing / unexpected keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Checkpoint not found: {path}. Pass checkpoint=PATH to an existing Lightning .ckpt or backbone .pth."
+        )
+    checkpoint = _read_checkpoint(path)
+    cfg = _training_config(checkpoint)
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
+    del checkpoint  # load_backbone_weights reads the file again; do not hold two copies
+    if cfg is not None:
+        trained = cfg["model"].get("name")
+        if model_cfg is not None and model_cfg.get("name") != trained:
+            raise CheckpointError(
+                f"{path} was trained with model {trained!r} but model={model_cfg.get('name')} was given; "
+                "drop the model= override (our .ckpt files carry their own model config)."
+            )
+        node, fmt, bgr_to_rgb = cfg["model"], "lightning", False
+        image_size = int(cfg["data"]["image_size"])
+    elif model_cfg is not None:
+        node, fmt, bgr_to_rgb = model_cfg, model_cfg.get("weights_format", "auto"), model_cfg.get("bgr_to_rgb", False)
+        image_size = None
+    else:
+        raise CheckpointError(
+            f"{path} holds bare backbone weights without a training config; say which model they belong to "
+            f"with model=<name> (one of {', '.join(available_backbones())})."
+        )
+    backbone: nn.Module = instantiate(node["backbone"])
+    try:
+        detected = load_backbone_weights(backbone, path, fmt=fmt, bgr_to_rgb=bool(bgr_to_rgb))
+    except WeightLoadingError as error:
+        raise CheckpointError(
+            f"{error}\nHint: the weights in {path} do not fit model {node.get('name')!r}; "
+            "pick the model they were trained with (model=<name>) and the same image size (data.image_size)."
+        ) from error
+    return ModelSource(
+        name=name or source_names([path])[0],
+        path=path,
+        backbone=backbone.to(device).eval(),
+        image_size=image_size or int(backbone.input_size),
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+        weights_format=detected,
+    )
+
+
+def open_embedding_source(path: str | Path, *, metric: str = "cosine", name: str | None = None) -> EmbeddingSource:
+    """A folder of paper-layout embeddings (FileNotFoundError naming what is missing)."""
+    if metric not in ("cosine", "euclidean"):
+        raise CheckpointError(f"metric must be 'cosine' or 'euclidean' for precomputed embeddings, got {metric!r}.")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Embeddings folder not found: {path}. Pass embeddings_dir=DIR holding df_param_step.csv and one .npy "
+            "per identity."
+        )
+    return EmbeddingSource(name=name or source_names([path])[0], path=path,
+                           embeddings=read_paper_embeddings(path), metric=metric)

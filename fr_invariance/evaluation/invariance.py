@@ -1,0 +1,341 @@
+"""The invariance measurement pipeline: curve embeddings → per identity × attribute × param energy rows.
+
+Two entry points share one code path:
+
+- :func:`measure_invariance` renders a :class:`~fr_invariance.synth.designs.CurveDesign` for held-out
+  identities (``sample_identities(n, seed)``), embeds every image with a backbone and measures;
+  with ``cache_dir`` the embeddings are stored in the paper layout and reused on the next call.
+- :func:`measure_invariance_from_embeddings` measures precomputed embeddings in the paper layout
+  (:class:`~fr_invariance.data.paper_format.PaperEmbeddings`: the paper's own data, or a cache).
+
+Per identity, the scale d̄ is :func:`~fr_invariance.metrics.energy.mean_pair_distance` over ALL of that
+identity's embedded images (seeded, shared by every attribute); per attribute, positions are the centre
+embeddings and vectors ``e(step 2) − e(step 0)`` (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fr_invariance.attributes import ATTRIBUTE_NAMES, validate_attributes
+from fr_invariance.data.paper_format import PaperEmbeddings, read_paper_embeddings, write_paper_embeddings
+from fr_invariance.errors import ConfigurationError
+from fr_invariance.evaluation.embed import embed_renders
+from fr_invariance.metrics.energy import alignment_energy, displacement_magnitude, mean_pair_distance, null_energy
+from fr_invariance.synth.designs import MOVING_DIMENSION, CurveDesign, curve_indices
+from fr_invariance.synth.identity import sample_identities
+
+INVARIANCE_COLUMNS: tuple[str, ...] = (
+    "run", "epoch", "identity", "attribute", "neighbourhood", "param",
+    "energy", "magnitude", "n_points", "mean_degree", "n_isolated", "n_zero",
+)
+"""Columns of every invariance table, in order (plus ``null_energy`` when the null baseline is on)."""
+
+NEIGHBOURHOODS: tuple[str, ...] = ("ball", "knn", "inverse_distance")
+CACHE_KEY_FILE = "cache_key.json"
+
+
+class InvarianceConfigError(ConfigurationError):
+    """An invalid measurement setting (neighbourhood, params, cache folder, curve table...)."""
+
+
+@dataclass(frozen=True)
+class EnergySettings:
+    """How energies are measured (DESIGN §5).
+
+    Attributes:
+        neighbourhood: ``"ball"`` (params = ε, multiples of d̄), ``"knn"`` (params = k) or
+            ``"inverse_distance"`` (params ignored; one row per attribute with ``param`` NaN).
+        params: ε or k values; one row per value.
+        n_pairs: random pairs for the per-identity scale d̄.
+        seed: seed of d̄'s pairs, of the neighbour cap and of the null vectors.
+        null_baseline: also measure isotropic random vectors on the same graph (column ``null_energy``).
+    """
+
+    neighbourhood: str = "ball"
+    params: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)
+    n_pairs: int = 10_000
+    seed: int = 0
+    null_baseline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.neighbourhood not in NEIGHBOURHOODS:
+            raise InvarianceConfigError(
+                f"Unknown neighbourhood {self.neighbourhood!r}; use one of {', '.join(NEIGHBOURHOODS)}."
+            )
+        params = tuple(float(p) for p in self.params)
+        if self.neighbourhood == "inverse_distance":
+            params = ()
+        elif not params or min(params) <= 0:
+            raise InvarianceConfigError(
+                f"{self.neighbourhood} needs at least one positive param (ε or k), got {list(self.params)}."
+            )
+        elif self.neighbourhood == "knn" and any(p != int(p) for p in params):
+            raise InvarianceConfigError(f"knn params are neighbour counts k and must be integers, got {list(params)}.")
+        if self.n_pairs < 1:
+            raise InvarianceConfigError(f"n_pairs must be positive, got {self.n_pairs}.")
+        object.__setattr__(self, "params", params)
+
+    def energy_params(self) -> list[float | int]:
+        """Params in the form ``alignment_energy`` expects (ints for knn)."""
+        return [int(p) for p in self.params] if self.neighbourhood == "knn" else list(self.params)
+
+    def param_label(self, param: float | None) -> str:
+        """Short label of one param for metric names: ``0.6`` (ball), ``k10`` (knn), ``invdist``."""
+        if self.neighbourhood == "knn":
+            return f"k{int(param)}"
+        if self.neighbourhood == "inverse_distance":
+            return "invdist"
+        return f"{param:g}"
+
+
+def identity_names(n_identities: int) -> list[str]:
+    """File-stem names of the first ``n_identities`` held-out identities: ``id_00000``, ``id_00001``, ..."""
+    return [f"id_{k:05d}" for k in range(n_identities)]
+
+
+def declared_metric(model: nn.Module) -> str:
+    """The position metric d_X the backbone declares (``backbone.metric``)."""
+    metric = getattr(model, "metric", None)
+    if metric not in ("cosine", "euclidean"):
+        raise InvarianceConfigError(
+            f"{type(model).__name__} declares no position metric (backbone.metric = {metric!r}); "
+            "backbones must set metric = 'cosine' or 'euclidean'."
+        )
+    return metric
+
+
+def table_attributes(table: pd.DataFrame, attributes: Sequence[str] | None = None) -> list[str]:
+    """Attributes to measure: ``attributes`` (validated, each must have curves in ``table``) or all present."""
+    attribute_of_label = {label: name for name, label in MOVING_DIMENSION.items()}
+    labels = set(table["moving_dimension"].astype(str).unique())
+    unknown = sorted(labels - set(attribute_of_label))
+    if unknown:
+        raise InvarianceConfigError(
+            f"Curve table has unknown moving_dimension label(s) {unknown}; known: {sorted(attribute_of_label)}."
+        )
+    present = [name for name in ATTRIBUTE_NAMES if MOVING_DIMENSION[name] in labels]
+    if attributes is None:
+        return present
+    requested = validate_attributes(attributes)
+    absent = [name for name in requested if name not in present]
+    if absent:
+        raise InvarianceConfigError(f"No curves for attribute(s) {absent} in this design; present: {present}.")
+    return requested
+
+
+def _identity_rows(
+    identity: str,
+    embeddings: torch.Tensor,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    metric: str,
+    energy: EnergySettings,
+) -> list[dict[str, Any]]:
+    """Rows of one identity: embeddings (N, D) float32, curves attribute → (idx0, idx1, idx2)."""
+    scale = mean_pair_distance(embeddings, metric=metric, n_pairs=energy.n_pairs, seed=energy.seed)
+    if not scale > 0:
+        raise InvarianceConfigError(
+            f"All embeddings of identity {identity} coincide (d̄ = {scale}): the energy is undefined. "
+            "Is the model collapsed, or are its weights missing?"
+        )
+    rows = []
+    for attribute, (idx0, idx1, idx2) in curves.items():
+        positions = embeddings[torch.from_numpy(idx1)]
+        vectors = embeddings[torch.from_numpy(idx2)] - embeddings[torch.from_numpy(idx0)]
+        options = dict(scale=scale, neighbourhood=energy.neighbourhood, params=energy.energy_params(),
+                       metric=metric, seed=energy.seed)
+        results = alignment_energy(positions, vectors, **options)
+        nulls = null_energy(positions, **options) if energy.null_baseline else [None] * len(results)
+        magnitude = float(displacement_magnitude(vectors, scale).mean())
+        for result, null in zip(results, nulls):
+            row = {
+                "identity": identity, "attribute": attribute, "neighbourhood": result.neighbourhood,
+                "param": np.nan if result.param is None else float(result.param),
+                "energy": result.energy, "magnitude": magnitude, "n_points": result.n_points,
+                "mean_degree": result.mean_degree, "n_isolated": result.n_isolated, "n_zero": result.n_zero,
+            }
+            if null is not None:
+                row["null_energy"] = null.energy
+            rows.append(row)
+    return rows
+
+
+def _measure(
+    names: Sequence[str],
+    load: Callable[[str], np.ndarray | torch.Tensor],
+    table: pd.DataFrame,
+    *,
+    metric: str,
+    energy: EnergySettings,
+    attributes: Sequence[str] | None,
+    run: str,
+    epoch: int | None,
+    progress: bool,
+) -> pd.DataFrame:
+    curves = {name: curve_indices(table, MOVING_DIMENSION[name]) for name in table_attributes(table, attributes)}
+    rows = []
+    for identity in tqdm(names, desc="energies", disable=not progress, leave=False):
+        embeddings = torch.as_tensor(load(identity), dtype=torch.float32)
+        rows.extend(_identity_rows(identity, embeddings, curves, metric=metric, energy=energy))
+    columns = list(INVARIANCE_COLUMNS) + (["null_energy"] if energy.null_baseline else [])
+    frame = pd.DataFrame(rows, columns=[c for c in columns if c not in ("run", "epoch")])
+    frame.insert(0, "run", run)
+    frame.insert(1, "epoch", pd.array([epoch] * len(frame), dtype="Int64"))
+    return frame
+
+
+def invariance_rows(
+    embeddings: Mapping[str, np.ndarray | torch.Tensor],
+    table: pd.DataFrame,
+    *,
+    metric: str,
+    energy: EnergySettings = EnergySettings(),
+    attributes: Sequence[str] | None = None,
+    run: str = "",
+    epoch: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Tidy energy rows from in-memory embeddings.
+
+    Args:
+        embeddings: identity name → (N, D) embeddings of that identity's images (rows = ``table.index``).
+        table: the curve table (columns ``id_curve, moving_dimension, param_step, index``).
+        metric: position metric d_X, ``"cosine"`` or ``"euclidean"``.
+        attributes: attributes to measure (default: every attribute with curves in ``table``).
+        run, epoch: copied into every row.
+
+    Returns:
+        One row per identity × attribute × param, columns :data:`INVARIANCE_COLUMNS`.
+    """
+    return _measure(list(embeddings), embeddings.__getitem__, table, metric=metric, energy=energy,
+                    attributes=attributes, run=run, epoch=epoch, progress=progress)
+
+
+def measure_invariance_from_embeddings(
+    source: PaperEmbeddings,
+    *,
+    metric: str = "cosine",
+    energy: EnergySettings = EnergySettings(),
+    attributes: Sequence[str] | None = None,
+    run: str = "",
+    epoch: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Tidy energy rows from embeddings in the paper layout, loading one identity at a time."""
+    return _measure(source.identities, source.load, source.table, metric=metric, energy=energy,
+                    attributes=attributes, run=run, epoch=epoch, progress=progress)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's state_dict (names, shapes, dtypes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _CacheKey:
+    """Everything the cached embeddings depend on."""
+
+    model: str
+    image_size: int
+    identity_seed: int
+    design: str = field(repr=False)
+
+    @classmethod
+    def of(cls, model: nn.Module, design: CurveDesign, image_size: int, identity_seed: int) -> "_CacheKey":
+        digest = hashlib.sha256(design.controls.cpu().contiguous().numpy().tobytes())
+        digest.update(design.table.to_csv(index=False).encode())
+        return cls(model_fingerprint(model), image_size, identity_seed, digest.hexdigest())
+
+
+def _open_cache(cache_dir: Path, key: _CacheKey) -> list[str]:
+    """Create or check ``cache_dir``; return the identity names already cached there."""
+    key_file = cache_dir / CACHE_KEY_FILE
+    if key_file.exists():
+        stored = json.loads(key_file.read_text())
+        differing = [name for name, value in asdict(key).items() if stored.get(name) != value]
+        if differing:
+            raise InvarianceConfigError(
+                f"cache_dir {cache_dir} holds embeddings of a different {' / '.join(differing)}; "
+                "point cache_dir to a new folder (one per model) or delete the old one."
+            )
+        return sorted(path.stem for path in cache_dir.glob("*.npy"))
+    if cache_dir.exists() and any(cache_dir.iterdir()):
+        raise InvarianceConfigError(
+            f"cache_dir {cache_dir} is not empty and has no {CACHE_KEY_FILE}; use an empty or new folder."
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(asdict(key), indent=1))
+    return []
+
+
+def measure_invariance(
+    model: nn.Module,
+    design: CurveDesign,
+    *,
+    n_identities: int = 8,
+    identity_seed: int = 10_000,
+    image_size: int | None = None,
+    energy: EnergySettings = EnergySettings(),
+    attributes: Sequence[str] | None = None,
+    batch_size: int = 256,
+    cache_dir: str | Path | None = None,
+    run: str = "",
+    epoch: int | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Render ``design`` for held-out identities, embed with ``model`` and measure every attribute.
+
+    Args:
+        model: a backbone (``forward`` takes [-1, 1] images; declares ``metric`` and ``input_size``);
+            rendering and embedding run on its device.
+        design: the curve design (e.g. ``sampled_design(...)``), the same for every identity.
+        n_identities, identity_seed: held-out identities ``sample_identities(n_identities, identity_seed)``.
+        image_size: rendered side in pixels (default ``model.input_size``).
+        cache_dir: if given, embeddings are written there in the paper layout (one ``.npy`` per
+            identity, ``df_param_step.csv``, ``cache_key.json``); identities already cached for the same
+            model weights, design, image size and identity seed are loaded instead of re-embedded.
+
+    Returns:
+        One row per identity × attribute × param, columns :data:`INVARIANCE_COLUMNS`.
+    """
+    if n_identities < 1:
+        raise InvarianceConfigError(f"n_identities must be positive, got {n_identities}.")
+    metric = declared_metric(model)
+    image_size = int(image_size or model.input_size)
+    names = identity_names(n_identities)
+    identities = sample_identities(n_identities, identity_seed)
+    cached: list[str] = []
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cached = _open_cache(cache_dir, _CacheKey.of(model, design, image_size, identity_seed))
+    embeddings: dict[str, torch.Tensor] = {}
+    for k, name in enumerate(tqdm(names, desc="identities", disable=not progress)):
+        if name in cached:
+            continue
+        embeddings[name] = embed_renders(model, identities[k : k + 1], design.controls, image_size=image_size,
+                                         batch_size=batch_size, progress=progress)[0]
+        if cache_dir is not None:
+            write_paper_embeddings(cache_dir, design.table, {name: embeddings[name].numpy()})
+    if cached:
+        stored = read_paper_embeddings(cache_dir)
+        embeddings.update({name: torch.from_numpy(stored.load(name)) for name in names if name in cached})
+    ordered = {name: embeddings[name] for name in names}
+    return invariance_rows(ordered, design.table, metric=metric, energy=energy, attributes=attributes,
+                           run=run, epoch=epoch, progress=progress)

@@ -1,0 +1,139 @@
+"""evaluate.py end to end (subprocess, tiny settings) and the checkpoint loaders' error cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from fr_invariance.evaluation.checkpoints import CheckpointError, load_model_source, source_names
+from fr_invariance.evaluation.invariance import INVARIANCE_COLUMNS
+from fr_invariance.models import create_backbone
+from fr_invariance.models.preprocess import to_model_input
+from fr_invariance.synth.identity import sample_identities
+from fr_invariance.synth.render import render
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+TINY_NODE = {
+    "name": "tiny",
+    "backbone": {"_target_": "fr_invariance.models.tiny.tiny", "input_size": SIZE, "dropout": 0.0,
+                 "embedding_size": 64},
+    "weights": None,
+    "weights_format": "auto",
+    "bgr_to_rgb": False,
+}
+TINY_ARGS = ["design.n_identities=2", "design.n_curves=8", "design.attributes=[head_angle,contrast,hue]",
+             "energy.params=[0.6,1.0]", "energy.n_pairs=2000", "progress=false", f"data.image_size={SIZE}",
+             "model.backbone.embedding_size=64"]
+
+
+def calibrated_tiny(seed: int) -> torch.nn.Module:
+    """A random tiny backbone with BatchNorm statistics taken from synthetic faces."""
+    torch.manual_seed(seed)
+    model = create_backbone("tiny", input_size=SIZE, embedding_size=64)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(to_model_input(render(sample_identities(32, 5), torch.rand(32, 8) * 0.6 - 0.3, size=SIZE)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """A Lightning checkpoint (the lead's LightningModule layout) and a bare insightface-style backbone.pth."""
+    root = tmp_path_factory.mktemp("weights")
+    run_dir = root / "run_a" / "checkpoints"
+    run_dir.mkdir(parents=True)
+    state = calibrated_tiny(0).state_dict()
+    checkpoint = {
+        "state_dict": {**{f"backbone.{k}": v for k, v in state.items()}, "head.weight": torch.randn(5, 64)},
+        "hyper_parameters": {"cfg": {"model": {**TINY_NODE, "backbone": dict(TINY_NODE["backbone"])},
+                                     "data": {"image_size": SIZE}}, "num_classes": 5},
+        "epoch": 4,
+    }
+    torch.save(checkpoint, run_dir / "last.ckpt")
+    bare_dir = root / "run_b"
+    bare_dir.mkdir()
+    torch.save(calibrated_tiny(1).state_dict(), bare_dir / "backbone.pth")
+    return {"ckpt": run_dir / "last.ckpt", "pth": bare_dir / "backbone.pth"}
+
+
+def run_evaluate(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "evaluate.py"), f"hydra.run.dir={tmp_path / 'hydra'}", *overrides]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_single_lightning_checkpoint(weights, tmp_path):
+    out = tmp_path / "report"
+    result = run_evaluate(f"checkpoint={weights['ckpt']}", f"output_dir={out}", *TINY_ARGS[:-1], tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["output_dir"] == str(out) and summary["models"] == ["run_a/last"]
+    assert set(summary["energy"]["run_a/last"]) == {"head_angle", "contrast", "hue"}
+    assert str(out) in result.stdout
+    assert {p.name for p in out.iterdir()} == {"energies.csv", "violin.png", "profile.png", "report.md"}
+    rows = pd.read_csv(out / "energies.csv")
+    assert tuple(rows.columns) == INVARIANCE_COLUMNS
+    assert len(rows) == 2 * 3 * 2 and (rows["epoch"] == 4).all() and (rows["n_points"] == 8).all()
+
+
+def test_checkpoint_and_bare_backbone_compared(weights, tmp_path):
+    out = tmp_path / "report"
+    result = run_evaluate(f"checkpoints=[{weights['ckpt']},{weights['pth']}]", "model=tiny", f"output_dir={out}",
+                          *TINY_ARGS, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["models"] == ["run_a/last", "run_b/backbone"]
+    assert {p.name for p in out.iterdir()} == {"energies.csv", "violin.png", "profile.png", "report.md", "stats.csv"}
+    stats = pd.read_csv(out / "stats.csv")
+    assert len(stats) == 3 * 2 and set(stats["run_b"]) == {"run_b/backbone"}
+    assert "run_b/backbone" in (out / "report.md").read_text()
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path):
+    result = run_evaluate(f"checkpoint={tmp_path / 'nope.ckpt'}", f"output_dir={tmp_path / 'out'}", *TINY_ARGS[:-1],
+                          tmp_path=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Checkpoint not found" in lines[0] and "nope.ckpt" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bare_weights_need_a_model(weights):
+    with pytest.raises(CheckpointError, match="model=<name>"):
+        load_model_source(weights["pth"])
+
+
+def test_mismatched_model_names_the_keys(weights):
+    node = {**TINY_NODE, "backbone": {**TINY_NODE["backbone"], "embedding_size": 32}}
+    with pytest.raises(CheckpointError, match="do not fit model 'tiny'") as error:
+        load_model_source(weights["pth"], model_cfg=node)
+    assert "projection" in str(error.value)
+
+
+def test_checkpoint_model_override_must_agree(weights):
+    with pytest.raises(CheckpointError, match="trained with model 'tiny'"):
+        load_model_source(weights["ckpt"], model_cfg={**TINY_NODE, "name": "iresnet18"})
+
+
+def test_lightning_checkpoint_loads_weights_and_epoch(weights):
+    source = load_model_source(weights["ckpt"])
+    assert source.epoch == 4 and source.image_size == SIZE and source.weights_format == "lightning"
+    expected = calibrated_tiny(0).state_dict()
+    for key, value in source.backbone.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+
+
+def test_source_names():
+    assert source_names(["/x/run1/checkpoints/last.ckpt", "/x/run2/checkpoints/last.ckpt"]) == ["run1/last",
+                                                                                                 "run2/last"]
+    assert source_names(["/a/model_a.pth", "/b/model_b.pth"]) == ["model_a", "model_b"]
+    assert source_names(["/a/x/m.pth", "/b/x/m.pth"]) == ["a/x/m", "b/x/m"]
