@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +16,8 @@ from fr_invariance.models import create_backbone
 from fr_invariance.models.preprocess import to_model_input
 from fr_invariance.synth.identity import sample_identities
 from fr_invariance.synth.render import render
+from tests.entrypoints import run_entry_point
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 TINY_NODE = {
     "name": "tiny",
@@ -67,8 +66,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_evaluate(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / "evaluate.py"), f"hydra.run.dir={tmp_path / 'hydra'}", *overrides]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return run_entry_point("evaluate.py", f"hydra.run.dir={tmp_path / 'hydra'}", *overrides, check=False, timeout=300)
 
 
 def test_single_lightning_checkpoint(weights, tmp_path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.entrypoints import run_train, summary_of
+from tests.entrypoints import run_entry_point, run_train, summary_of
 
 TINY = [
     "experiment=quickstart",
@@ -52,6 +52,20 @@ def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
 def test_wandb_logger_writes_an_offline_run(trained_run):
     run_dir, _ = trained_run
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+
+
+def test_evaluate_reports_on_the_trained_checkpoint(trained_run, tmp_path):
+    _, summary = trained_run
+    out = tmp_path / "report"
+    result = run_entry_point(
+        "evaluate.py", f"checkpoint={summary['last_checkpoint']}", f"output_dir={out}", "design.n_identities=2",
+        "design.n_curves=8", "energy.n_pairs=2000", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
+    )
+    assert {p.name for p in out.iterdir()} >= {"energies.csv", "violin.png", "profile.png", "report.md"}
+    rows = pd.read_csv(out / "energies.csv")
+    assert set(rows["attribute"]) == set(summary["energy"])
+    assert rows["energy"].dropna().between(0, 2).all() and rows["energy"].notna().any()
+    assert summary_of(result)["output_dir"] == str(out)
 
 
 def test_warm_start_from_backbone_pth_with_a_new_class_count(trained_run, tmp_path):
