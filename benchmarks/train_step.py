@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=300)
     parser.add_argument("--steps", type=int, default=40, help="training steps per measured run")
     parser.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating ours/bare rounds")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating ours/bare rounds")
     args = parser.parse_args()
 
     cfg = training_config(args.model, args.image_size)

@@ -12,10 +12,7 @@ import torch
 
 from fr_invariance.evaluation.checkpoints import CheckpointError, load_model_source, source_names
 from fr_invariance.evaluation.invariance import INVARIANCE_COLUMNS
-from fr_invariance.models import create_backbone
-from fr_invariance.models.preprocess import to_model_input
-from fr_invariance.synth.identity import sample_identities
-from fr_invariance.synth.render import render
+from tests.calibrated import calibrated_tiny
 from tests.entrypoints import run_entry_point
 
 SIZE = 32
@@ -32,26 +29,13 @@ TINY_ARGS = ["design.n_identities=2", "design.n_curves=8", "design.attributes=[h
              "model.backbone.embedding_size=64"]
 
 
-def calibrated_tiny(seed: int) -> torch.nn.Module:
-    """A random tiny backbone with BatchNorm statistics taken from synthetic faces."""
-    torch.manual_seed(seed)
-    model = create_backbone("tiny", input_size=SIZE, embedding_size=64)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(to_model_input(render(sample_identities(32, 5), torch.rand(32, 8) * 0.6 - 0.3, size=SIZE)))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
     """A Lightning checkpoint (the lead's LightningModule layout) and a bare insightface-style backbone.pth."""
     root = tmp_path_factory.mktemp("weights")
     run_dir = root / "run_a" / "checkpoints"
     run_dir.mkdir(parents=True)
-    state = calibrated_tiny(0).state_dict()
+    state = calibrated_tiny(SIZE, seed=0, embedding_size=64, n_images=32).state_dict()
     checkpoint = {
         "state_dict": {**{f"backbone.{k}": v for k, v in state.items()}, "head.weight": torch.randn(5, 64)},
         "hyper_parameters": {"cfg": {"model": {**TINY_NODE, "backbone": dict(TINY_NODE["backbone"])},
@@ -61,7 +45,7 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     torch.save(checkpoint, run_dir / "last.ckpt")
     bare_dir = root / "run_b"
     bare_dir.mkdir()
-    torch.save(calibrated_tiny(1).state_dict(), bare_dir / "backbone.pth")
+    torch.save(calibrated_tiny(SIZE, seed=1, embedding_size=64, n_images=32).state_dict(), bare_dir / "backbone.pth")
     return {"ckpt": run_dir / "last.ckpt", "pth": bare_dir / "backbone.pth"}
 
 
@@ -125,7 +109,7 @@ def test_checkpoint_model_override_must_agree(weights):
 def test_lightning_checkpoint_loads_weights_and_epoch(weights):
     source = load_model_source(weights["ckpt"])
     assert source.epoch == 4 and source.image_size == SIZE and source.weights_format == "lightning"
-    expected = calibrated_tiny(0).state_dict()
+    expected = calibrated_tiny(SIZE, seed=0, embedding_size=64, n_images=32).state_dict()
     for key, value in source.backbone.state_dict().items():
         torch.testing.assert_close(value, expected[key])
 

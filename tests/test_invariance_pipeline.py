@@ -27,6 +27,7 @@ from fr_invariance.models.preprocess import to_model_input
 from fr_invariance.synth.designs import sampled_design
 from fr_invariance.synth.identity import sample_identities
 from fr_invariance.synth.render import render
+from tests.calibrated import calibrated_tiny
 
 SIZE = 32
 N_IDENTITIES = 2
@@ -49,23 +50,9 @@ class CountingBackbone(torch.nn.Module):
         return self.inner(x)
 
 
-def calibrated_tiny(size: int = SIZE, seed: int = 0) -> torch.nn.Module:
-    """A random tiny backbone whose BatchNorm statistics come from synthetic faces (at default statistics a
-    random network maps one identity's images to nearly the same direction: d̄ ~ 1e-6)."""
-    torch.manual_seed(seed)
-    model = create_backbone("tiny", input_size=size)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(to_model_input(render(sample_identities(64, 5), torch.rand(64, 8) * 0.6 - 0.3, size=size)))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
-    return calibrated_tiny()
+    return calibrated_tiny(SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,6 @@ def alignment_energy(
         kept = torch.nonzero(~zero_vectors).flatten()
         kept_device = kept.to(positions.device)
         kept_positions, kept_vectors = positions[kept_device].to(compute_dtype), vectors[kept_device]
-    n_kept = kept.numel()
 
     pairs = PairBlocks(
         kept_positions,

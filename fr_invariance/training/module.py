@@ -73,9 +73,9 @@ class FaceRecognitionModule(L.LightningModule):
         images, labels = batch
         logits = self.head(self(images).float(), labels)
         loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", accuracy, prog_bar=True)
+        with torch.no_grad():
+            accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        self.log_dict({"train/loss": loss.detach(), "train/acc": accuracy}, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
