@@ -49,9 +49,12 @@ def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
     assert any(key.startswith("backbone.") for key in checkpoint["state_dict"])
 
 
-def test_wandb_logger_writes_an_offline_run(trained_run):
+def test_wandb_logger_writes_an_offline_run_with_the_invariance_metrics(trained_run):
     run_dir, _ = trained_run
-    assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run directory"
+    history = b"".join(path.read_bytes() for path in runs[0].glob("*.wandb"))
+    assert b"invariance/contrast/energy@" in history and b"val_verification_acc" in history
 
 
 def test_evaluate_reports_on_the_trained_checkpoint(trained_run, tmp_path):
