@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fr_invariance.attributes import NO_ATTRIBUTE, get_attribute
@@ -37,6 +37,13 @@ def build_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
             node = OmegaConf.merge(node, {"offline": True})
         loggers.append(instantiate(node))
     return loggers
+
+
+def finish_wandb_runs(loggers: list[Logger]) -> None:
+    """Flush and close W&B runs now, so the run files are complete when the process (or a sweep job) ends."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -82,6 +89,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         cfg.trainer, default_root_dir=str(output_dir), logger=build_loggers(cfg.logger), callbacks=callbacks
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    finish_wandb_runs(trainer.loggers)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     invariance = next((c for c in callbacks if hasattr(c, "last_energies")), None)
