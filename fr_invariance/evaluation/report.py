@@ -1,15 +1,14 @@
-"""Write an invariance report folder: ``energies.csv``, ``violin.png``, ``profile.png``, ``stats.csv``
-(paired tests, only with ≥ 2 models) and a short ``report.md``."""
+"""Markdown pieces of the energy analysis' report (tables of energies, graphs, magnitudes, paired tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
 
 from fr_invariance.evaluation.plots import (
+    stars,
     attributes_of,
     paired_model_comparisons,
     params_of,
@@ -19,13 +18,13 @@ from fr_invariance.evaluation.plots import (
     violin_plot,
 )
 
-_INTRO = (
+INTRO = (
     "Alignment energy (DESIGN §5): for each held-out identity and attribute, the field of embedding "
     "displacements `v_c = e(p + h·e_a) − e(p − h·e_a)` at curve centres `x_c = e(p)`; energy = mean over "
     "centres of the mean cosine distance between `v_c` and its neighbours' vectors. "
     "0 = the attribute moves embeddings coherently (the model depends on it); "
-    "≈ 1 = random directions (invariant up to noise). Magnitude = mean `‖v_c‖ / d̄`, with d̄ the "
-    "identity's mean pairwise embedding distance. Samples for the statistics are identities."
+    "≈ 1 = random directions (invariant up to noise). Magnitude = mean `d_X(e(step 0), e(step 2)) / d̄`, with d̄ "
+    "the identity's mean pairwise distance in the same metric. Samples for the statistics are identities."
 )
 
 
@@ -118,55 +117,44 @@ def _resolution_note(comparisons: pd.DataFrame) -> list[str]:
             f"over {family} tests nothing can reach p < 0.05. Evaluate more identities (design.n_identities).", ""]
 
 
-def render_markdown(rows: pd.DataFrame, comparisons: pd.DataFrame | None, settings: Mapping[str, Any]) -> str:
-    """The text of ``report.md``."""
+def control_table_markdown(table: pd.DataFrame, *, value: str) -> str:
+    """Arms vs the named control (from :func:`~fr_invariance.metrics.stats.compare_to_control`)."""
+    body = [
+        [r.setting, r.arm, r.attribute, r.family, r.n, f"{r.control_mean:.3f}", f"{r.arm_mean:.3f}",
+         f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p_value:.3g}", f"{r.p_holm:.3g}", stars(r.p_holm)]
+        for r in table.itertuples()
+    ]
+    return markdown_table(["setting", "arm", "attribute", "family", "n", "control", "arm", f"Δ{value} [95% CI]",
+                           "p", "p (Holm, family)", ""], body)
+
+
+def render_markdown(rows: pd.DataFrame, comparisons: pd.DataFrame | None) -> str:
+    """The Markdown body for the rows of ONE neighbourhood: energy, graph and magnitude tables, paired tests."""
     neighbourhood = rows["neighbourhood"].iloc[0]
-    lines = ["# Invariance report", "", _INTRO, "", "## Settings", ""]
-    lines += [f"- {key}: {value}" for key, value in settings.items()]
-    lines += [f"- models: {', '.join(runs_of(rows))}", f"- identities per model: {rows['identity'].nunique()}",
-              f"- curves per attribute (per identity): {int(rows['n_points'].max())}", "",
-              "## Energy per attribute (mean ± std over identities)", ""]
+    lines = [f"## Energy per attribute, {neighbourhood} (mean ± std over identities)", ""]
     for param in params_of(rows):
         at_param = rows_at(rows, param)
         lines += [f"### {_param_heading(neighbourhood, param)}", "", _per_attribute_table(at_param, "energy"), ""]
-        if "null_energy" in rows:
+        if "null_energy" in rows and rows["null_energy"].notna().any():
             lines += ["Null baseline (isotropic random vectors on the same graph):", "",
                       _per_attribute_table(at_param, "null_energy"), ""]
         lines += ["Mean neighbourhood size |N| (isolated centres are left out of the energy):", "",
                   _graph_table(at_param), ""]
-    lines += ["## Displacement magnitude ‖v‖/d̄ (mean ± std over identities)", "",
-              _per_attribute_table(rows_at(rows, params_of(rows)[0]), "magnitude"), ""]
-    if comparisons is not None:
-        lines += ["## Paired tests between models", "",
+    if comparisons is not None and len(comparisons):
+        lines += [f"### Paired tests between models ({neighbourhood})", "",
                   "Wilcoxon signed-rank over identities (difference = first − second model), bootstrap 95% CI of "
                   "the median difference, Holm correction over attributes × model pairs at each param; "
                   "* p < 0.05, ** p < 0.01, *** p < 0.001 (Holm).", "", _comparisons_table(comparisons), ""]
         lines += _resolution_note(comparisons)
-    lines += ["Files: `energies.csv` (one row per model × identity × attribute × param), `violin.png`, `profile.png`"
-              + (", `stats.csv`." if comparisons is not None else "."), ""]
     return "\n".join(lines)
 
 
-def write_report(rows: pd.DataFrame, output_dir: str | Path, *, settings: Mapping[str, Any]) -> dict[str, Path]:
-    """Write the report folder for ``rows`` (columns ``INVARIANCE_COLUMNS``, one ``run`` per model).
+def magnitude_markdown(rows: pd.DataFrame) -> str:
+    """Displacement magnitude per attribute and model (identical for every neighbourhood and param)."""
+    first = rows[(rows["neighbourhood"] == rows["neighbourhood"].iloc[0])]
+    first = rows_at(first, params_of(first)[0])
+    return "\n".join(["## Displacement magnitude d_X(e(step 0), e(step 2)) / d̄ (mean ± std over identities)", "",
+                      "In units of the identity's mean pairwise distance, in the model's own metric; comparable "
+                      "across models. Smaller = the attribute moves the embedding less (more invariant).", "",
+                      _per_attribute_table(first, "magnitude"), ""])
 
-    Args:
-        settings: measurement settings listed in ``report.md`` (neighbourhood, ε/k, step, ...).
-
-    Returns:
-        File name → path of every file written.
-    """
-    if rows.empty:
-        raise ValueError("No invariance rows to report: the design or the embeddings produced no curves.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: output_dir / name for name in ("energies.csv", "violin.png", "profile.png", "report.md")}
-    comparisons = paired_model_comparisons(rows) if len(runs_of(rows)) >= 2 else None
-    rows.to_csv(paths["energies.csv"], index=False)
-    violin_plot(rows, comparisons=comparisons).savefig(paths["violin.png"], dpi=120)
-    profile_plot(rows).savefig(paths["profile.png"], dpi=120)
-    if comparisons is not None:
-        paths["stats.csv"] = output_dir / "stats.csv"
-        comparisons.to_csv(paths["stats.csv"], index=False)
-    paths["report.md"].write_text(render_markdown(rows, comparisons, settings))
-    return paths

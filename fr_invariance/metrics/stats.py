@@ -6,10 +6,12 @@ tests here use those pairs instead of the paper's unpaired adjacent-pair tests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+import pandas as pd
 from scipy import stats
 
 
@@ -79,22 +81,127 @@ def paired_comparison(
 
 
 def holm_correction(p_values: ArrayLike) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values, in the input order.
-
-    With ``p_(1) <= ... <= p_(m)`` sorted, ``adjusted_(j) = max_{i<=j} min(1, (m − i + 1) · p_(i))``;
-    reject hypothesis j at level α iff ``adjusted_j <= α``.
+    """Holm–Bonferroni adjusted p-values, in the input order (``statsmodels``' ``multipletests``, method
+    ``holm``): with ``p_(1) <= ... <= p_(m)``, ``adjusted_(j) = max_{i<=j} min(1, (m − i + 1) · p_(i))``.
 
     Raises:
         ValueError: not 1-D, or a value outside [0, 1] (nan included).
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p_values, dtype=np.float64)
     if p.ndim != 1:
         raise ValueError(f"p_values must be 1-D, got shape {p.shape}.")
     if not np.all((p >= 0) & (p <= 1)):
         raise ValueError("p_values must lie in [0, 1] (no nan): drop untested hypotheses first.")
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(scaled)
-    return adjusted
+    if p.size == 0:
+        return p
+    return multipletests(p, method="holm")[1]
+
+
+CONTROL_COLUMNS: tuple[str, ...] = (
+    "setting", "arm", "attribute", "family", "n", "control_mean", "arm_mean", "delta", "ci_low", "ci_high",
+    "p_value", "p_holm",
+)
+"""Columns of :func:`compare_to_control`."""
+
+
+def mean_bootstrap_ci(differences: np.ndarray, *, n_bootstrap: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``differences`` (resampled with replacement, seeded)."""
+    generator = np.random.default_rng(seed)
+    means = differences[generator.integers(0, differences.size, size=(n_bootstrap, differences.size))].mean(1)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def compare_to_control(
+    values: pd.DataFrame,
+    *,
+    control: str,
+    targeted: Mapping[str, str | None],
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every arm against the named control, per measured attribute, paired over identities.
+
+    Args:
+        values: long table with columns ``setting`` (e.g. ``ball 0.6``), ``arm``, ``identity``, ``attribute``
+            and ``value``; an identity's value is first averaged over any repeated rows (e.g. seed
+            replicates, matched by construction when the control has the same replicates).
+        control: the arm every other arm is compared with.
+        targeted: arm → the attribute it targeted (None: no targeted attribute, e.g. another control).
+
+    Returns:
+        One row per setting × arm × attribute (columns :data:`CONTROL_COLUMNS`): ``delta`` = mean over
+        identities of ``arm − control``, its bootstrap CI, the two-sided Wilcoxon signed-rank p over
+        identities, and Holm's adjustment computed separately in each family — ``targeted`` (each arm's own
+        targeted attribute) and ``side effect`` (every other attribute) — within each setting.
+
+    Raises:
+        ValueError: ``control`` is not one of the arms.
+    """
+    if control not in set(values["arm"]):
+        raise ValueError(f"control {control!r} is not among the arms {sorted(set(values['arm']))}.")
+    records = []
+    for setting, at_setting in values.groupby("setting", sort=False):
+        table = at_setting.pivot_table(index=["attribute", "identity"], columns="arm", values="value", aggfunc="mean")
+        for arm in [a for a in dict.fromkeys(at_setting["arm"]) if a != control]:
+            for attribute in dict.fromkeys(at_setting["attribute"]):
+                if arm not in table or attribute not in table.index.get_level_values(0):
+                    continue
+                pair = table.loc[attribute, [control, arm]].dropna()
+                if len(pair) < 2:
+                    continue
+                differences = (pair[arm] - pair[control]).to_numpy(dtype=float)
+                if np.all(differences == 0):
+                    p_value = 1.0
+                else:
+                    p_value = float(stats.wilcoxon(pair[arm], pair[control], alternative="two-sided").pvalue)
+                low, high = mean_bootstrap_ci(differences, n_bootstrap=n_bootstrap, seed=seed)
+                records.append({
+                    "setting": setting, "arm": arm, "attribute": attribute,
+                    "family": "targeted" if targeted.get(arm) == attribute else "side effect",
+                    "n": int(differences.size), "control_mean": float(pair[control].mean()),
+                    "arm_mean": float(pair[arm].mean()), "delta": float(differences.mean()),
+                    "ci_low": low, "ci_high": high, "p_value": p_value,
+                })
+    frame = pd.DataFrame(records, columns=[c for c in CONTROL_COLUMNS if c != "p_holm"])
+    frame["p_holm"] = np.nan
+    for _, index in frame.groupby(["setting", "family"]).groups.items():
+        frame.loc[index, "p_holm"] = holm_correction(frame.loc[index, "p_value"].to_numpy())
+    return frame
+
+
+REPLICATE_COLUMNS: tuple[str, ...] = (
+    "setting", "arm", "attribute", "n_seeds", "delta_mean", "delta_sd", "control_spread", "exceeds_control_spread",
+)
+
+
+def replicate_effects(per_seed: pd.DataFrame, control_runs: pd.DataFrame) -> pd.DataFrame:
+    """Run-level effects over seed replicates.
+
+    Args:
+        per_seed: columns ``setting, arm, attribute, seed, delta`` (one arm-vs-control Δ per seed, the
+            control of the same seed).
+        control_runs: columns ``setting, attribute, seed, value``: the control's mean value per seed.
+
+    Returns:
+        Per setting × arm × attribute: mean and sd (ddof 1) of Δ over seeds, the control-vs-control spread
+        (largest |difference| between the control's seeds for that attribute; nan with one seed), and
+        whether ``|mean Δ|`` exceeds it (columns :data:`REPLICATE_COLUMNS`).
+    """
+    spread = (
+        control_runs.groupby(["setting", "attribute"])["value"].agg(lambda v: float(v.max() - v.min()) if len(v) > 1 else np.nan)
+        .rename("control_spread")
+    )
+    grouped = per_seed.groupby(["setting", "arm", "attribute"], sort=False)["delta"]
+    frame = pd.DataFrame({
+        "n_seeds": grouped.size(),
+        "delta_mean": grouped.mean(),
+        "delta_sd": grouped.std(ddof=1),
+    }).reset_index()
+    frame = frame.merge(spread.reset_index(), on=["setting", "attribute"], how="left")
+    frame["exceeds_control_spread"] = frame["delta_mean"].abs() > frame["control_spread"]
+    return frame[list(REPLICATE_COLUMNS)]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 
 from fr_invariance.metrics.verification import verification_accuracy
 from fr_invariance.models.preprocess import to_model_input
-from fr_invariance.training.optim import build_optimizer, build_scheduler
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+"""``optimizer(param_groups)`` (a ``_partial_`` of ``conf/optim``)."""
+SchedulerFactory = Callable[..., dict[str, Any]]
+"""``scheduler(optimizer, total_steps=, steps_per_epoch=)`` → Lightning ``lr_scheduler`` dict (``conf/scheduler``)."""
 
 
 def trunk_parameters(backbone: nn.Module) -> list[nn.Parameter]:
@@ -24,29 +28,49 @@ def trunk_parameters(backbone: nn.Module) -> list[nn.Parameter]:
 
 
 class FaceRecognitionModule(L.LightningModule):
-    """Fine-tunes ``cfg["model"]["backbone"]`` with the margin head ``cfg["head"]``.
+    """Fine-tunes ``backbone`` with the margin ``head`` and cross-entropy.
 
     Args:
-        cfg: the full resolved training config as a plain dict (saved in every checkpoint under
-            ``hyper_parameters["cfg"]``, so evaluation can rebuild the backbone).
-        num_classes: number of training identities.
+        backbone: embedding network (forward on ``[-1, 1]`` images; declares ``metric``, ``input_size``,
+            ``embedding_size``).
+        head: margin head, ``head(embeddings (B, E), labels (B,)) → logits (B, classes)``.
+        optimizer: ``optimizer(param_groups)`` (``_partial_`` of ``conf/optim``); its ``lr`` is the backbone's.
+        scheduler: ``scheduler(optimizer, total_steps=, steps_per_epoch=)`` or None for a constant rate.
+        head_lr_mult: learning rate of the head = backbone lr × this.
+        freeze_bn: keep the backbone's BatchNorm statistics and affine parameters fixed.
+        freeze_trunk: train only the embedding projection (last Linear and what follows it).
+        head_warmup_steps: the first N optimizer steps train the head only (backbone frozen, in eval
+            mode), so a fresh head does not wreck a pretrained backbone.
+        config: the resolved training config (plain containers), saved in every checkpoint under
+            ``hyper_parameters["cfg"]`` so evaluation can rebuild the backbone.
 
     Batches: ``(images (B, 3, H, W) in [0, 1], labels (B,))`` for training, ``(images,)`` for validation
     (verification pairs in consecutive rows).
     """
 
-    def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        *,
+        head_lr_mult: float = 1.0,
+        freeze_bn: bool = False,
+        freeze_trunk: bool = False,
+        head_warmup_steps: int = 0,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.backbone: nn.Module = instantiate(cfg["model"]["backbone"])
-        self.head: nn.Module = instantiate(
-            cfg["head"], num_classes=num_classes, embedding_size=self.backbone.embedding_size
-        )
-        self.optim_cfg = cfg["optim"]
-        self.scheduler_cfg = cfg["scheduler"]
-        self.head_lr_mult = float(cfg.get("head_lr_mult", 1.0))
-        self.freeze_bn = bool(cfg.get("freeze_bn", False))
-        if cfg.get("freeze_trunk", False):
+        self.save_hyperparameters({"cfg": dict(config) if config is not None else None})
+        self.backbone = backbone
+        self.head = head
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.head_lr_mult = float(head_lr_mult)
+        self.freeze_bn = bool(freeze_bn)
+        self.head_warmup_steps = int(head_warmup_steps)
+        if freeze_trunk:
             for parameter in trunk_parameters(self.backbone):
                 parameter.requires_grad_(False)
         if self.freeze_bn:
@@ -58,6 +82,11 @@ class FaceRecognitionModule(L.LightningModule):
     def _backbone_batchnorms(self) -> list[nn.Module]:
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
+    @property
+    def warming_up_head(self) -> bool:
+        """True while the head warm-up runs (the backbone is frozen)."""
+        return self.global_step < self.head_warmup_steps
+
     def train(self, mode: bool = True) -> "FaceRecognitionModule":
         super().train(mode)
         if mode and self.freeze_bn:
@@ -65,13 +94,21 @@ class FaceRecognitionModule(L.LightningModule):
                 module.eval()
         return self
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.warming_up_head:
+            self.backbone.eval()
+        elif self.head_warmup_steps and not self.backbone.training:
+            self.train(True)  # warm-up just ended: back to train mode (freeze_bn respected)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, E)`` of images ``(B, 3, H, W)`` RGB in ``[0, 1]``."""
         return self.backbone(to_model_input(images))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self.head(self(images).float(), labels)
+        with torch.set_grad_enabled(not self.warming_up_head):
+            embeddings = self(images)
+        logits = self.head(embeddings.float(), labels)
         loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
             accuracy = (logits.argmax(dim=1) == labels).float().mean()
@@ -102,13 +139,17 @@ class FaceRecognitionModule(L.LightningModule):
         return gathered.transpose(0, 1).reshape(-1, embeddings.shape[-1])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        lr = float(self.optim_cfg["lr"])
         groups = [
-            {"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": lr},
-            {"params": list(self.head.parameters()), "lr": lr * self.head_lr_mult},
+            {"name": "backbone", "params": [p for p in self.backbone.parameters() if p.requires_grad]},
+            {"name": "head", "params": list(self.head.parameters())},
         ]
-        optimizer = build_optimizer([g for g in groups if g["params"]], self.optim_cfg)
+        optimizer = self.optimizer_factory([group for group in groups if group["params"]])
+        for group in optimizer.param_groups:  # the head's rate is relative to the configured one
+            if group["name"] == "head":
+                group["lr"] *= self.head_lr_mult
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(optimizer, self.scheduler_cfg, total_steps, steps_per_epoch)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,24 +1,18 @@
-"""Optimizers and learning-rate schedules built from the ``optim`` and ``scheduler`` config groups."""
+"""Learning-rate schedules for the ``scheduler`` config group.
+
+Optimizers are built straight from ``conf/optim/*.yaml`` (``_target_: torch.optim.SGD``, ``_partial_: true``);
+schedules are ``_partial_`` factories here, called by the LightningModule as
+``scheduler(optimizer, total_steps=..., steps_per_epoch=...)`` and returning Lightning's
+``lr_scheduler`` dict (scheduler + stepping interval).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR
-
-from fr_invariance.errors import ConfigurationError
-
-
-def build_optimizer(param_groups: list[dict[str, Any]], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD (``lr``, ``momentum``, ``weight_decay``) or AdamW (``lr``, ``betas``, ``weight_decay``)."""
-    name = cfg["name"]
-    if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    raise ConfigurationError(f"Unknown optimizer {name!r}: use optim=sgd or optim=adamw.")
+from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
 
 
 def polynomial_warmup_factor(step: int, warmup_steps: int, total_steps: int, power: float) -> float:
@@ -30,19 +24,35 @@ def polynomial_warmup_factor(step: int, warmup_steps: int, total_steps: int, pow
     return (1.0 - progress) ** power
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total_steps: int, steps_per_epoch: int
+def polynomial_warmup(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    power: float = 2.0,
 ) -> dict[str, Any]:
-    """A Lightning ``lr_scheduler`` dict: ``poly`` (stepped per optimizer step) or ``multistep`` (per epoch)."""
-    name = cfg["name"]
-    if name == "poly":
-        warmup_steps = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-        power = float(cfg["power"])
-        scheduler: LRScheduler = LambdaLR(
-            optimizer, lambda step: polynomial_warmup_factor(step, warmup_steps, total_steps, power)
-        )
-        return {"scheduler": scheduler, "interval": "step"}
-    if name == "multistep":
-        scheduler = MultiStepLR(optimizer, milestones=list(cfg["milestones"]), gamma=cfg["gamma"])
-        return {"scheduler": scheduler, "interval": "epoch"}
-    raise ConfigurationError(f"Unknown scheduler {name!r}: use scheduler=poly or scheduler=multistep.")
+    """Linear warm-up over ``warmup_epochs`` epochs, then polynomial decay to 0 at ``total_steps``;
+    stepped every optimizer step."""
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    scheduler = LambdaLR(optimizer, lambda step: polynomial_warmup_factor(step, warmup_steps, total_steps, power))
+    return {"scheduler": scheduler, "interval": "step"}
+
+
+def multistep(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (8, 14, 18),
+    gamma: float = 0.1,
+) -> dict[str, Any]:
+    """Multiply the learning rate by ``gamma`` at each epoch in ``milestones``; stepped every epoch."""
+    del total_steps, steps_per_epoch  # epoch-based: the run length does not matter
+    return {"scheduler": MultiStepLR(optimizer, milestones=list(milestones), gamma=gamma), "interval": "epoch"}
+
+
+def constant(optimizer: torch.optim.Optimizer, *, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+    """A constant learning rate (fine-tuning arms that should not warm up again)."""
+    del total_steps, steps_per_epoch
+    return {"scheduler": LambdaLR(optimizer, lambda step: 1.0), "interval": "step"}

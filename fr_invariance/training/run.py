@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,9 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from fr_invariance.attributes import NO_ATTRIBUTE, get_attribute
 from fr_invariance.data.controls import validate_strength
 from fr_invariance.data.factory import build_datamodule
-from fr_invariance.models.weights import load_backbone_weights
 from fr_invariance.training.callbacks import BackboneExport, NaNGuard, batch_size_of
+from fr_invariance.atomic import atomic_write_text
+from fr_invariance.training.controlled import SUMMARY_FILE
+from fr_invariance.training.invariance_callback import InvarianceCallback
 from fr_invariance.training.module import FaceRecognitionModule
+from fr_invariance.training.warm_start import warm_start
 
 
 def wandb_has_credentials() -> bool:
@@ -70,6 +74,27 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
     return callbacks
 
 
+def build_module(cfg: DictConfig, *, num_classes: int) -> FaceRecognitionModule:
+    """The LightningModule from the config's objects (backbone, head, optimizer and scheduler partials),
+    warm-started from ``model.weights`` unless the run resumes from ``ckpt_path``."""
+    backbone = instantiate(cfg.model.backbone)
+    head = instantiate(cfg.head, num_classes=num_classes, embedding_size=backbone.embedding_size)
+    module = FaceRecognitionModule(
+        backbone,
+        head,
+        optimizer=instantiate(cfg.optim),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        head_lr_mult=cfg.head_lr_mult,
+        freeze_bn=cfg.freeze_bn,
+        freeze_trunk=cfg.freeze_trunk,
+        head_warmup_steps=cfg.head_warmup_steps,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    if cfg.model.weights and not cfg.ckpt_path:
+        warm_start(module, cfg.model, trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))
+    return module
+
+
 def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Fine-tune as configured; return the summary printed by ``train.py`` as one JSON line."""
     output_dir = Path(output_dir)
@@ -78,11 +103,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     datamodule = build_datamodule(cfg)
-    module = FaceRecognitionModule(OmegaConf.to_container(cfg, resolve=True), num_classes=datamodule.num_classes)
-    if cfg.model.weights and not cfg.ckpt_path:
-        load_backbone_weights(
-            module.backbone, cfg.model.weights, fmt=cfg.model.weights_format, bgr_to_rgb=cfg.model.bgr_to_rgb
-        )
+    module = build_module(cfg, num_classes=datamodule.num_classes)
 
     callbacks = build_callbacks(cfg, output_dir)
     trainer: L.Trainer = instantiate(
@@ -92,11 +113,19 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     finish_wandb_runs(trainer.loggers)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    invariance = next((c for c in callbacks if hasattr(c, "last_energies")), None)
-    return {
+    invariance = next((c for c in callbacks if isinstance(c, InvarianceCallback)), None)
+    summary = {
         "run_dir": str(output_dir),
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
         "backbone_pth": str(output_dir / "backbone.pth"),
-        "val_verification_acc": metrics.get("val_verification_acc"),
+        **{name: value for name, value in metrics.items() if name.startswith("val")},
         "energy": dict(invariance.last_energies) if invariance is not None else {},
     }
+    atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def run_controlled(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """``experiment=controlled``: the base, every arm and the sweep report in ``output_dir`` (resumable)."""
+    experiment = instantiate(cfg.controlled)
+    return experiment.run(output_dir)
