@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from torch import nn
 from fr_invariance.metrics.verification import verification_accuracy
 from fr_invariance.models.preprocess import to_model_input
 
+INVARIANCE_EPOCH_KEY = "invariance_epoch"
+"""Checkpoint entry: the epoch of the weights as the invariance callback numbers it (see ``on_save_checkpoint``)."""
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 """``optimizer(param_groups)`` (a ``_partial_`` of ``conf/optim``)."""
 SchedulerFactory = Callable[..., dict[str, Any]]
@@ -77,7 +80,7 @@ class FaceRecognitionModule(L.LightningModule):
             for module in self._backbone_batchnorms():
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
-        self._val_embeddings: list[torch.Tensor] = []
+        self._val_embeddings: dict[int, list[torch.Tensor]] = {}  # dataloader index -> batches
 
     def _backbone_batchnorms(self) -> list[nn.Module]:
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -100,6 +103,13 @@ class FaceRecognitionModule(L.LightningModule):
         elif self.head_warmup_steps and not self.backbone.training:
             self.train(True)  # warm-up just ended: back to train mode (freeze_bn respected)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store ``invariance_epoch``: the index of the last fully trained epoch (−1 before the first), the
+        epoch number the invariance callback gives to a measurement of these weights."""
+        trainer = self.trainer
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        checkpoint[INVARIANCE_EPOCH_KEY] = trainer.global_step // steps_per_epoch - 1
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, E)`` of images ``(B, 3, H, W)`` RGB in ``[0, 1]``."""
         return self.backbone(to_model_input(images))
@@ -115,23 +125,47 @@ class FaceRecognitionModule(L.LightningModule):
         self.log_dict({"train/loss": loss.detach(), "train/acc": accuracy}, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Embed one batch of pair images (consecutive rows form pairs) of validation set ``dataloader_idx``."""
         images = batch[0]
         embeddings = self(images) + self(images.flip(-1))  # insightface protocol: image + its mirror
-        self._val_embeddings.append(embeddings.float())
+        self._val_embeddings.setdefault(dataloader_idx, []).append(embeddings.float())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_embeddings:
+        """Per validation set ``name`` (the datamodule's ``val_sets``, in dataloader order) log DESIGN §11's
+        ``val/<name>/acc``, ``acc_std``, ``threshold`` and ``tar@far1e-3`` (also under each alias, e.g.
+        ``val/targeted/...``); ``val_verification_acc`` (``_std``) repeat the ``ordinary`` set (else the
+        first one). Sets not embedded in full (sanity check, ``limit_val_batches``) are skipped."""
+        outputs, self._val_embeddings = self._val_embeddings, {}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        val_sets = getattr(datamodule, "val_sets", None) or []
+        metrics: dict[str, float] = {}
+        for index, val_set in enumerate(val_sets):
+            if index not in outputs:
+                continue
+            embeddings = torch.cat(outputs[index])
+            if self.trainer.world_size > 1:
+                embeddings = self._gather_in_dataset_order(embeddings)
+            pairs = val_set.issame.numel()
+            if embeddings.shape[0] < 2 * pairs:
+                continue
+            result = verification_accuracy(embeddings[: 2 * pairs].cpu().numpy(), val_set.issame.cpu().numpy())
+            for name in (val_set.name, *val_set.aliases):
+                metrics[f"val/{name}/acc"] = result.accuracy_mean
+                metrics[f"val/{name}/acc_std"] = result.accuracy_std
+                metrics[f"val/{name}/threshold"] = result.threshold_mean
+                metrics[f"val/{name}/tar@far1e-3"] = result.tar_at_far[1e-3]
+        if not metrics:
             return
-        embeddings = torch.cat(self._val_embeddings)
-        self._val_embeddings.clear()
-        if self.trainer.world_size > 1:
-            embeddings = self._gather_in_dataset_order(embeddings)
-        issame = self.trainer.datamodule.val_set.issame
-        embeddings = embeddings[: 2 * issame.numel()]
-        result = verification_accuracy(embeddings.cpu().numpy(), issame.cpu().numpy())
-        self.log("val_verification_acc", result.accuracy_mean, prog_bar=True, rank_zero_only=True)
-        self.log("val_verification_acc_std", result.accuracy_std, rank_zero_only=True)
+        names = [val_set.name for val_set in val_sets if f"val/{val_set.name}/acc" in metrics]
+        main = "ordinary" if "ordinary" in names else names[0]
+        metrics["val_verification_acc"] = metrics[f"val/{main}/acc"]
+        metrics["val_verification_acc_std"] = metrics[f"val/{main}/acc_std"]
+        bad = getattr(datamodule, "bad_sample_count", None)
+        if bad is not None and not getattr(datamodule, "rendered", True):
+            metrics["data/bad_samples"] = float(bad)
+        self.log("val_verification_acc", metrics.pop("val_verification_acc"), prog_bar=True, rank_zero_only=True)
+        self.log_dict(metrics, rank_zero_only=True)
 
     def _gather_in_dataset_order(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Undo DistributedSampler's round-robin split: rank r holds dataset rows r, r + W, r + 2W, ..."""
