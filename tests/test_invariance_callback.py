@@ -1,4 +1,5 @@
-"""InvarianceCallback inside a real (tiny) Lightning fit, and its Hydra config group."""
+"""InvarianceCallback (thin hooks around EnergyProbe) inside a real tiny Lightning fit: epoch −1, per-epoch
+means and standard errors, TensorBoard and W&B dashboards, and the Hydra config group."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from fr_invariance.evaluation.invariance import INVARIANCE_COLUMNS
+from fr_invariance.evaluation.probe import EnergyProbe
 from fr_invariance.models import create_backbone
 from fr_invariance.training.invariance_callback import InvarianceCallback
 
@@ -58,10 +60,11 @@ class TinyModule(L.LightningModule):
         return self._loader(8) if self.with_validation else []
 
 
-def fit(tmp_path: Path, callback: InvarianceCallback, *, with_validation: bool) -> tuple[TinyModule, L.Trainer]:
+def fit(tmp_path: Path, callback: InvarianceCallback, *, with_validation: bool,
+        loggers: list | None = None) -> tuple[TinyModule, L.Trainer]:
     module = TinyModule(with_validation)
     trainer = L.Trainer(
-        max_epochs=2, logger=CSVLogger(tmp_path, name="csv"), enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=2, logger=loggers or CSVLogger(tmp_path, name="csv"), enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", devices=1, log_every_n_steps=1, default_root_dir=tmp_path,
         num_sanity_val_steps=1 if with_validation else 0, callbacks=[callback],
         limit_val_batches=1 if with_validation else 0,
@@ -70,36 +73,42 @@ def fit(tmp_path: Path, callback: InvarianceCallback, *, with_validation: bool) 
     return module, trainer
 
 
-def small_callback(**kwargs) -> InvarianceCallback:
-    return InvarianceCallback(n_identities=2, n_curves=8, attributes=ATTRIBUTES, params=[0.6, 1.0], n_pairs=2000,
-                              **kwargs)
+def small_probe(**kwargs) -> EnergyProbe:
+    return EnergyProbe(n_identities=3, n_curves=8, attributes=ATTRIBUTES,
+                       energy={"neighbourhood": "ball", "params": [0.6, 1.0], "knn": [4], "n_pairs": 2000}, **kwargs)
 
 
-def test_logs_every_epoch_with_validation(tmp_path):
-    callback = small_callback()
+def test_measures_before_training_and_every_epoch_with_validation(tmp_path):
+    callback = InvarianceCallback(small_probe())
     module, trainer = fit(tmp_path, callback, with_validation=True)
     metrics = pd.read_csv(Path(trainer.logger.log_dir) / "metrics.csv")
     for attribute in ATTRIBUTES:
         for name in (f"invariance/{attribute}/energy@0.6", f"invariance/{attribute}/energy@1",
-                     f"invariance/{attribute}/magnitude"):
+                     f"invariance/{attribute}/energy@k4", f"invariance/{attribute}/energy@0.6_se",
+                     f"invariance/{attribute}/magnitude", f"invariance/{attribute}/magnitude_se"):
             logged = metrics.dropna(subset=[name])
-            assert sorted(logged["epoch"]) == [0, 1], name
+            assert sorted(logged["epoch"]) == [-1, 0, 1], name
     rows = pd.read_csv(Path(trainer.default_root_dir) / "invariance.csv")
     assert tuple(rows.columns) == INVARIANCE_COLUMNS
-    assert sorted(rows["epoch"].unique()) == [0, 1]  # not during the sanity check, once per epoch
-    assert len(rows) == 2 * 2 * len(ATTRIBUTES) * 2
+    assert sorted(rows["epoch"].unique()) == [-1, 0, 1]  # before training, then once per epoch (no sanity check)
+    assert len(rows) == 3 * 3 * len(ATTRIBUTES) * 3  # epochs × identities × attributes × (2 ε + 1 k)
     last = rows[rows["epoch"] == 1]
     for attribute in ATTRIBUTES:
-        energies = last.loc[(last["attribute"] == attribute) & (last["param"] == 0.6), "energy"]
+        energies = last.loc[(last["attribute"] == attribute) & (last["neighbourhood"] == "ball")
+                            & (last["param"] == 0.6), "energy"]
         assert callback.last_energies[attribute] == pytest.approx(energies.mean())
         logged = metrics.dropna(subset=[f"invariance/{attribute}/energy@0.6"])
-        assert logged.loc[logged["epoch"] == 1, f"invariance/{attribute}/energy@0.6"].item() == pytest.approx(
-            energies.mean(), rel=1e-5)
+        row = logged.loc[logged["epoch"] == 1]
+        assert row[f"invariance/{attribute}/energy@0.6"].item() == pytest.approx(energies.mean(), rel=1e-5)
+        assert row[f"invariance/{attribute}/energy@0.6_se"].item() == pytest.approx(
+            energies.std(ddof=1) / len(energies) ** 0.5, rel=1e-5)
     assert all(module.modes_seen)  # train mode restored after every measurement
+    before = rows[rows["epoch"] == -1]
+    assert not before.empty and (before["energy"] != last["energy"].to_numpy()).any()  # weights moved
 
 
 def test_without_validation_and_every_second_epoch(tmp_path):
-    callback = small_callback(every_n_epochs=2)
+    callback = InvarianceCallback(small_probe(), every_n_epochs=2, before_training=False)
     _, trainer = fit(tmp_path, callback, with_validation=False)
     rows = pd.read_csv(Path(trainer.default_root_dir) / "invariance.csv")
     assert sorted(rows["epoch"].unique()) == [1]
@@ -108,14 +117,22 @@ def test_without_validation_and_every_second_epoch(tmp_path):
 
 def test_probe_images_are_fixed_and_cache_matches_rerendering():
     backbone = create_backbone("tiny", input_size=SIZE, embedding_size=32).eval()
-    cached = small_callback(image_size=SIZE)
-    rendered = small_callback(image_size=SIZE, image_cache_mb=0)
-    first = cached.measure(backbone, run="r", epoch=0)
-    again = cached.measure(backbone, run="r", epoch=0)
+    cached = small_probe()
+    rendered = small_probe(image_cache_mb=0)
+    first = cached.measure(backbone, image_size=SIZE, run="r", epoch=0)
+    again = cached.measure(backbone, image_size=SIZE, run="r", epoch=0)
     pd.testing.assert_frame_equal(first, again)
-    assert cached._images is not None and rendered._images is None
-    pd.testing.assert_frame_equal(first, rendered.measure(backbone, run="r", epoch=0), check_exact=False,
-                                  rtol=1e-4, atol=1e-5)
+    assert cached.images(SIZE) is not None and rendered.images(SIZE) is None
+    pd.testing.assert_frame_equal(first, rendered.measure(backbone, image_size=SIZE, run="r", epoch=0),
+                                  check_exact=False, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_measurement_does_not_stop_training(tmp_path, monkeypatch):
+    callback = InvarianceCallback(small_probe())
+    monkeypatch.setattr(callback.probe, "measure", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.warns(UserWarning, match="boom"):
+        _, trainer = fit(tmp_path, callback, with_validation=False)
+    assert trainer.current_epoch == 2 and not (Path(trainer.default_root_dir) / "invariance.csv").exists()
 
 
 def test_config_group_default_and_off():
@@ -123,25 +140,46 @@ def test_config_group_default_and_off():
         default = compose("train", overrides=["data.image_size=48"])
         callback = instantiate(default.invariance)
         assert isinstance(callback, InvarianceCallback) and callback.image_size == 48
+        assert [s.neighbourhood for s in callback.probe.settings] == ["ball", "knn"]
         assert compose("train", overrides=["invariance=off"]).invariance is None
 
 
-def test_wandb_gets_violin_images_and_energy_chart(tmp_path, monkeypatch):
+def test_tensorboard_layout_and_epoch_steps(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    board = TensorBoardLogger(tmp_path, name="tb", version="", default_hp_metric=False)
+    fit(tmp_path, InvarianceCallback(small_probe()), with_validation=True, loggers=[board])
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    assert "hp_metric" not in events.Tags()["scalars"]
+    for tag in ("invariance/contrast/energy@0.6", "invariance/contrast/energy@0.6_lo", "invariance/contrast/magnitude",
+                "invariance/reference/zero", "invariance/reference/random_directions"):
+        assert [event.step for event in events.Scalars(tag)] == [-1, 0, 1], tag  # x = epoch, not global step
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: chart for category in layout.category for chart in category.chart}
+    assert {"energy vs epoch (0.6)", "energy vs epoch (k4)", "magnitude vs epoch", "verification accuracy"} <= set(charts)
+    assert "invariance/reference/.*" in charts["energy vs epoch (0.6)"].multiline.tag
+    assert charts["contrast energy@0.6"].margin.series[0].lower == "invariance/contrast/energy@0.6_lo"
+    assert charts["contrast magnitude"].margin.series[0].upper == "invariance/contrast/magnitude_hi"
+
+
+def test_wandb_defines_the_epoch_axis_once_and_logs_the_combined_charts_once(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    module = TinyModule(with_validation=False)
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="fr-invariance-test")
-    trainer = L.Trainer(max_epochs=2, logger=[CSVLogger(tmp_path, name="csv"), logger], enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-                        log_every_n_steps=1, default_root_dir=tmp_path, limit_val_batches=0,
-                        callbacks=[small_callback()])
     try:
-        trainer.fit(module)
-        run_dir = Path(logger.experiment.dir)
+        fit(tmp_path, InvarianceCallback(small_probe()), with_validation=False,
+            loggers=[CSVLogger(tmp_path, name="csv"), logger])
+        run_dir = Path(logger.experiment.dir).parent
     finally:
         wandb.finish()
-    violins = sorted((run_dir / "media" / "images" / "invariance").glob("violin_*.png"))
-    assert len(violins) == 2  # one per epoch
-    assert list((run_dir / "media" / "table" / "invariance").glob("energy_vs_epoch*"))
+    violins = sorted((run_dir / "files" / "media" / "images" / "invariance").glob("violin_*.png"))
+    assert len(violins) == 3  # epoch -1, 0, 1
+    tables = list((run_dir / "files" / "media" / "table" / "charts").glob("*.table.json"))
+    assert len(tables) == 4  # energy@0.6, energy@1, energy@k4, magnitude: once each, not once per epoch
+    log = b"".join(path.read_bytes() for path in run_dir.glob("*.wandb"))
+    assert log.count(b"invariance/*") == 1  # the epoch axis is defined once

@@ -30,7 +30,7 @@ from fr_invariance.evaluation.invariance import (
     identity_names,
     invariance_rows,
 )
-from fr_invariance.synth.designs import CurveDesign, sampled_design
+from fr_invariance.synth.designs import MOVING_DIMENSION, CurveDesign, sampled_design
 from fr_invariance.synth.identity import sample_identities
 
 
@@ -94,6 +94,12 @@ class EnergyProbe:
         self.identities = sample_identities(self.n_identities, self.identity_seed)
         self.names = identity_names(self.n_identities)
         self._images: dict[int, torch.Tensor] = {}
+
+    @property
+    def attributes(self) -> list[str]:
+        """The attributes with curves, in registry order."""
+        labels = set(self.design.table["moving_dimension"].astype(str))
+        return [name for name, label in MOVING_DIMENSION.items() if label in labels]
 
     @property
     def images_per_identity(self) -> int:

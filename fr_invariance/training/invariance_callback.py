@@ -1,20 +1,23 @@
 """Per-epoch invariance measurement during training: thin hooks around an ``EnergyProbe`` (DESIGN §9).
 
 Measurements: once before the first training step (epoch −1, the starting point of every curve; skipped
-on resume) and after every ``every_n_epochs``-th epoch, at the end of that epoch's validation (or of the
-training epoch when it has none). Epoch ``e`` is the epoch stored in the checkpoint saved after it, so
+on resume) and after every ``every_n_epochs``-th epoch, after that epoch's validation (so its accuracies are logged
+beside it) or at the end of the training epoch when it has none. Epoch ``e`` is the epoch stored in the checkpoint saved after it, so
 ``evaluate.py`` on that checkpoint reports the same ``e``.
 
 Logged to every logger (x = ``epoch``), per attribute: ``invariance/<attr>/energy@<label>`` (mean over
 probe identities) and ``…_se`` (its standard error), ``invariance/<attr>/magnitude`` and
-``invariance/<attr>/magnitude_se``. Per-identity rows go to ``<run dir>/invariance.csv`` (appended, tidy).
-A failing measurement is reported as a warning and never stops the training run.
+``invariance/<attr>/magnitude_se``, with the epoch's held-out verification accuracies as
+``verification/<name>``; how each logger shows them is in :mod:`fr_invariance.training.dashboards`.
+Per-identity rows go to ``<run dir>/invariance.csv`` (appended, tidy). A failing measurement is reported as
+a warning and never stops the training run.
 """
 
 from __future__ import annotations
 
 import traceback
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +25,8 @@ import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 
 from fr_invariance.evaluation.plots import figure_to_array, violin_plot
-from fr_invariance.evaluation.probe import EnergyProbe, summary_metrics
+from fr_invariance.evaluation.probe import EnergyProbe, param_label, summary_metrics
+from fr_invariance.training.dashboards import DashboardWriter
 
 CSV_NAME = "invariance.csv"
 BEFORE_TRAINING = -1
@@ -48,7 +52,10 @@ class InvarianceCallback(L.Callback):
         self.before_training = bool(before_training)
         self.image_size = image_size
         self.last_metrics: dict[str, float] = {}
+        self.history: dict[int, dict[str, float]] = {}
         self._measured_epochs: set[int] = set()
+        labels = [param_label(s.neighbourhood, p) for s in probe.settings for p in (s.params or (None,))]
+        self.dashboards = DashboardWriter(probe.attributes, labels)
 
     @property
     def last_energies(self) -> dict[str, float]:
@@ -61,7 +68,7 @@ class InvarianceCallback(L.Callback):
         if self.before_training and trainer.global_step == 0:
             self._measure(trainer, pl_module, BEFORE_TRAINING)
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._maybe_measure(trainer, pl_module)
 
@@ -87,18 +94,23 @@ class InvarianceCallback(L.Callback):
                           f"{traceback.format_exc()}", stacklevel=1)
             return
         self.last_metrics = summary_metrics(rows)
+        self.history[epoch] = self.last_metrics
         csv_path = Path(trainer.default_root_dir) / CSV_NAME
         rows.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
+        verification = {} if epoch == BEFORE_TRAINING else verification_metrics(trainer.callback_metrics)
+        self.dashboards.write(trainer.loggers, self.last_metrics, verification, epoch=epoch, step=trainer.global_step)
         for logger in trainer.loggers:
-            logger.log_metrics({**self.last_metrics, "epoch": epoch}, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
-                self._log_violin(logger, rows, epoch, trainer.global_step)
+                self._log_violin(logger, rows, epoch)
 
-    def _log_violin(self, logger: WandbLogger, rows: pd.DataFrame, epoch: int, step: int) -> None:
-        """This epoch's per-identity energies as a violin plot image (the curves are plain metrics vs epoch)."""
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.dashboards.finish(trainer.loggers, self.history)
+
+    def _log_violin(self, logger: WandbLogger, rows: pd.DataFrame, epoch: int) -> None:
+        """This epoch's per-identity energies (first setting) as a violin plot image."""
         import wandb
 
-        logger.experiment.define_metric("invariance/*", step_metric="epoch")
         first = rows[rows["neighbourhood"] == rows["neighbourhood"].iloc[0]]
         first = first[first["param"] == first["param"].iloc[0]]
         violin = violin_plot(first, title=f"Energy per probe identity, epoch {epoch}")
@@ -106,7 +118,17 @@ class InvarianceCallback(L.Callback):
 
 
 def _first_label(probe: EnergyProbe) -> str:
-    from fr_invariance.evaluation.probe import param_label
-
     settings = probe.settings[0]
     return param_label(settings.neighbourhood, settings.params[0] if settings.params else None)
+
+
+def verification_metrics(callback_metrics: Mapping[str, object]) -> dict[str, float]:
+    """The epoch's held-out accuracies as ``verification/<name>`` (``val/lfw/acc`` → ``verification/lfw/acc``,
+    ``val_verification_acc`` → ``verification/acc``)."""
+    metrics = {}
+    for key, value in callback_metrics.items():
+        if not key.startswith("val") or key.endswith("_std"):
+            continue
+        name = "acc" if key == "val_verification_acc" else key.removeprefix("val/").removeprefix("val_")
+        metrics[f"verification/{name}"] = float(value)
+    return metrics
