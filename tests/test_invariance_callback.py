@@ -181,5 +181,18 @@ def test_wandb_defines_the_epoch_axis_once_and_logs_the_combined_charts_once(tmp
     assert len(violins) == 3  # epoch -1, 0, 1
     tables = list((run_dir / "files" / "media" / "table" / "charts").glob("*.table.json"))
     assert len(tables) == 4  # energy@0.6, energy@1, energy@k4, magnitude: once each, not once per epoch
-    log = b"".join(path.read_bytes() for path in run_dir.glob("*.wandb"))
+    log = _settled_bytes(next(run_dir.glob("*.wandb")))
     assert log.count(b"invariance/*") == 1  # the epoch axis is defined once
+
+
+def _settled_bytes(path: Path, timeout: float = 60.0) -> bytes:
+    """The file's bytes once its size has stopped changing (W&B's service may still be flushing it)."""
+    import time
+
+    deadline, size = time.monotonic() + timeout, -1
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if path.stat().st_size == size:
+            break
+        size = path.stat().st_size
+    return path.read_bytes()
