@@ -24,8 +24,8 @@ TINY_NODE = {
     "weights_format": "auto",
     "bgr_to_rgb": False,
 }
-TINY_ARGS = ["design.n_identities=2", "design.n_curves=8", "design.attributes=[head_angle,contrast,hue]",
-             "energy.params=[0.6,1.0]", "energy.n_pairs=2000", "progress=false", f"data.image_size={SIZE}",
+TINY_ARGS = ["probe.n_identities=2", "probe.n_curves=8", "probe.attributes=[head_angle,contrast,hue]",
+             "energy.params=[0.6,1.0]", "energy.knn=[4]", "energy.n_pairs=2000", "progress=false", f"data.image_size={SIZE}",
              "model.backbone.embedding_size=64"]
 
 
@@ -61,10 +61,12 @@ def test_single_lightning_checkpoint(weights, tmp_path):
     assert summary["output_dir"] == str(out) and summary["models"] == ["run_a/last"]
     assert set(summary["energy"]["run_a/last"]) == {"head_angle", "contrast", "hue"}
     assert str(out) in result.stdout
-    assert {p.name for p in out.iterdir()} == {"energies.csv", "violin.png", "profile.png", "report.md"}
+    assert {p.name for p in out.iterdir()} == {"energies.csv", "violin_ball.png", "violin_knn.png", "profile_ball.png",
+                                               "report.md", "summary.json"}
     rows = pd.read_csv(out / "energies.csv")
     assert tuple(rows.columns) == INVARIANCE_COLUMNS
-    assert len(rows) == 2 * 3 * 2 and (rows["epoch"] == 4).all() and (rows["n_points"] == 8).all()
+    assert len(rows) == 2 * 3 * 3 and (rows["epoch"] == 4).all() and (rows["n_points"] == 8).all()
+    assert set(zip(rows["neighbourhood"], rows["param"])) == {("ball", 0.6), ("ball", 1.0), ("knn", 4.0)}
 
 
 def test_checkpoint_and_bare_backbone_compared(weights, tmp_path):
@@ -74,10 +76,28 @@ def test_checkpoint_and_bare_backbone_compared(weights, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["models"] == ["run_a/last", "run_b/backbone"]
-    assert {p.name for p in out.iterdir()} == {"energies.csv", "violin.png", "profile.png", "report.md", "stats.csv"}
-    stats = pd.read_csv(out / "stats.csv")
+    assert {"stats_ball.csv", "stats_knn.csv", "violin_ball.png", "report.md"} <= {p.name for p in out.iterdir()}
+    stats = pd.read_csv(out / "stats_ball.csv")
     assert len(stats) == 3 * 2 and set(stats["run_b"]) == {"run_b/backbone"}
     assert "run_b/backbone" in (out / "report.md").read_text()
+
+
+def test_named_control_compares_every_model_with_it_only(weights, tmp_path):
+    out = tmp_path / "report"
+    result = run_evaluate(f"checkpoints=[{weights['ckpt']},{weights['pth']}]", "model=tiny", "control=run_a/last",
+                          f"output_dir={out}", *TINY_ARGS, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    control = pd.read_csv(out / "control.csv")
+    assert set(control["arm"]) == {"run_b/backbone"}
+    assert set(control["setting"]) == {"ball 0.6", "ball 1", "knn k4", "magnitude"}
+    assert set(control["family"]) == {"side effect"}  # a bare backbone targets no attribute
+    assert not (out / "stats_ball.csv").exists()
+
+
+def test_unknown_control_is_one_clear_line(weights, tmp_path):
+    result = run_evaluate(f"checkpoint={weights['ckpt']}", "control=nope", f"output_dir={tmp_path / 'o'}",
+                          *TINY_ARGS[:-1], tmp_path=tmp_path)
+    assert result.returncode == 2 and "control=nope is not one of the evaluated models" in result.stderr
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
@@ -85,7 +105,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path):
                           tmp_path=tmp_path)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Checkpoint not found" in lines[0] and "nope.ckpt" in lines[0]
+    assert len(lines) == 1 and "not found" in lines[0] and "nope.ckpt" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
 
 

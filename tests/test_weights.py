@@ -153,13 +153,12 @@ def test_lightning_checkpoint_loads_backbone_and_ignores_head(r18, inputs, tmp_p
         torch.testing.assert_close(fresh(inputs), r18(inputs), rtol=0, atol=0)
 
 
-def test_checkpoint_with_python_objects_loads_with_warning(tmp_path: Path) -> None:
+def test_checkpoint_with_namespace_hparams_loads_tensors_only(tmp_path: Path) -> None:
     model = _randomise(create_backbone("tiny", input_size=SIZE))
     state = {"backbone." + k: v for k, v in model.state_dict().items()}
     path = _save({"state_dict": state, "hyper_parameters": argparse.Namespace(lr=0.1)}, tmp_path / "rich.ckpt")
     fresh = create_backbone("tiny", input_size=SIZE)
-    with pytest.warns(UserWarning, match="full unpickling"):
-        assert load_backbone_weights(fresh, path, fmt="lightning") == "lightning"
+    assert load_backbone_weights(fresh, path, fmt="lightning") == "lightning"  # Namespace is allow-listed
     assert torch.equal(fresh.projection.weight, model.projection.weight)
 
 

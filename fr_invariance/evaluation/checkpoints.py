@@ -11,7 +11,6 @@ Three sources:
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,13 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fr_invariance.data.paper_format import PaperEmbeddings, read_paper_embeddings
 from fr_invariance.errors import ConfigurationError
-from fr_invariance.models import available_backbones
+from fr_invariance.models import available_backbones, create_backbone
+from fr_invariance.models.checkpoint_io import OPT_IN, load_checkpoint
 from fr_invariance.models.weights import WeightLoadingError, load_backbone_weights
 
 _GENERIC_STEMS = {"last", "backbone", "model", "best"}
@@ -41,15 +42,24 @@ class ModelSource:
         name: short name used in tables and plots.
         image_size: side in pixels the backbone was trained at.
         epoch: training epoch stored in the checkpoint (None if unknown).
-        weights_format: format the weights were read as (``lightning``, ``insightface``, ``adaface``).
+        weights_format: format the weights were read as (``lightning``, ``insightface``, ``adaface``,
+            ``shipped`` for a pretrained model that brings its own weights).
+        config: the training config stored in our ``.ckpt`` (None for other files).
     """
 
     name: str
-    path: Path
+    path: Path | None
     backbone: nn.Module
     image_size: int
     epoch: int | None
     weights_format: str
+    config: Mapping[str, Any] | None = None
+
+    @property
+    def targeted_attribute(self) -> str | None:
+        """The attribute this model was fine-tuned to be invariant to (``attr.name`` of its training config)."""
+        name = ((self.config or {}).get("attr") or {}).get("name")
+        return None if name in (None, "none") else str(name)
 
 
 @dataclass
@@ -83,14 +93,48 @@ def source_names(paths: Sequence[str | Path]) -> list[str]:
             depths[k] += 1
 
 
-def _read_checkpoint(path: Path) -> Any:
-    """torch.load on the CPU; tensors-only unpickling first, full unpickling for older Lightning files."""
+def _plain(value: Any, where: str, path: Path) -> Any:
+    """``value`` as plain containers of JSON scalars, or CheckpointError naming the first other object."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=False)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{k}]", path) for k, item in enumerate(value)]
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _plain(item, f"{where}.{key}", path) for key, item in value.items()}
+    raise CheckpointError(
+        f"{path}: the model config stored in the checkpoint holds a {type(value).__name__} at {where}, "
+        f"not a plain value; if you trust this file's source, rerun with {OPT_IN}."
+    )
+
+
+def _checkpoint_backbone(node: Any, path: Path, trust: bool) -> nn.Module:
+    """Build the backbone a checkpoint's stored config describes.
+
+    The stored config comes with the file, so (unless trusted) it may only name a registered backbone factory
+    with plain keyword arguments: nothing else is imported or called (``hydra.utils.instantiate`` would call any
+    ``_target_``, also nested ones).
+    """
+    if trust:
+        return instantiate(node)
+    node = _plain(node, "model.backbone", path)
+    target = node.get("_target_") if isinstance(node, dict) else None
+    module, _, factory = str(target).rpartition(".")
+    special = [key for key in node if key.startswith("_") and key != "_target_"] if isinstance(node, dict) else []
+    nested = [key for key, value in node.items() if isinstance(value, (dict, list))] if isinstance(node, dict) else []
+    if not module.startswith("fr_invariance.models.") or factory not in available_backbones() or special or nested:
+        raise CheckpointError(
+            f"{path}: the model config stored in the checkpoint is not a registered backbone with plain arguments "
+            f"(_target_={target!r}{', keys ' + str(special + nested) if special or nested else ''}); "
+            f"if you trust this file's source, rerun with {OPT_IN}."
+        )
+    kwargs = {key: value for key, value in node.items() if key != "_target_"}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a file that is not a checkpoint
-        if not (isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()):
-            raise CheckpointError(f"{path} is not a torch checkpoint ({type(error).__name__}: {error}).") from error
-    return torch.load(path, map_location="cpu", weights_only=False)
+        return create_backbone(factory, **kwargs)
+    except TypeError as error:
+        raise CheckpointError(f"{path}: the model config stored in the checkpoint does not fit {factory}: {error}.") \
+            from error
 
 
 def _training_config(checkpoint: Any) -> Mapping[str, Any] | None:
@@ -109,6 +153,7 @@ def load_model_source(
     model_cfg: Mapping[str, Any] | None = None,
     device: torch.device | str = "cpu",
     name: str | None = None,
+    trust_checkpoint: bool = False,
 ) -> ModelSource:
     """Build and load a backbone for evaluation.
 
@@ -119,9 +164,15 @@ def load_model_source(
             must equal the checkpoint's model).
         device: where the backbone is moved.
         name: display name (default: :func:`source_names` of ``path``).
+        trust_checkpoint: full unpickling of the file and ``instantiate`` of its stored model config, which can
+            run code the file carries; only for a file you trust. Otherwise the file is read tensors-only
+            (:func:`~fr_invariance.models.checkpoint_io.load_checkpoint`) and its config may only name a
+            registered backbone.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        UntrustedCheckpointError: the file holds a type outside the tensors-only allow-list.
+        NotACheckpointError: the file is not a torch checkpoint.
         CheckpointError: no way to know the model, a model name mismatch, or weights that do not fit the
             model (the message lists missing / unexpected keys).
     """
@@ -130,9 +181,10 @@ def load_model_source(
         raise FileNotFoundError(
             f"Checkpoint not found: {path}. Pass checkpoint=PATH to an existing Lightning .ckpt or backbone .pth."
         )
-    checkpoint = _read_checkpoint(path)
+    checkpoint = load_checkpoint(path, trust=trust_checkpoint)
     cfg = _training_config(checkpoint)
-    epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
+    # our checkpoints say which epoch the weights are, numbered as the invariance callback does
+    epoch = checkpoint.get("invariance_epoch", checkpoint.get("epoch")) if isinstance(checkpoint, Mapping) else None
     del checkpoint  # load_backbone_weights reads the file again; do not hold two copies
     if cfg is not None:
         trained = cfg["model"].get("name")
@@ -151,9 +203,13 @@ def load_model_source(
             f"{path} holds bare backbone weights without a training config; say which model they belong to "
             f"with model=<name> (one of {', '.join(available_backbones())})."
         )
-    backbone: nn.Module = instantiate(node["backbone"])
+    if cfg is not None:
+        backbone = _checkpoint_backbone(node["backbone"], path, trust_checkpoint)
+    else:
+        backbone = instantiate(node["backbone"])  # the user's own model config (model=<name>)
     try:
-        detected = load_backbone_weights(backbone, path, fmt=fmt, bgr_to_rgb=bool(bgr_to_rgb))
+        detected = load_backbone_weights(backbone, path, fmt=fmt, bgr_to_rgb=bool(bgr_to_rgb),
+                                         trust_checkpoint=trust_checkpoint)
     except WeightLoadingError as error:
         raise CheckpointError(
             f"{error}\nHint: the weights in {path} do not fit model {node.get('name')!r}; "
@@ -166,7 +222,16 @@ def load_model_source(
         image_size=image_size or int(backbone.input_size),
         epoch=int(epoch) if isinstance(epoch, int) else None,
         weights_format=detected,
+        config=cfg,
     )
+
+
+def load_shipped_model(model_cfg: Mapping[str, Any], *, device: torch.device | str = "cpu") -> ModelSource:
+    """A pretrained model that brings its own weights (``model=sface``): built from its config alone."""
+    backbone: nn.Module = instantiate(model_cfg["backbone"])
+    return ModelSource(name=str(model_cfg.get("name", type(backbone).__name__)), path=None,
+                       backbone=backbone.to(device).eval(), image_size=int(backbone.input_size), epoch=None,
+                       weights_format="shipped")
 
 
 def open_embedding_source(path: str | Path, *, metric: str = "cosine", name: str | None = None) -> EmbeddingSource:

@@ -89,6 +89,11 @@ class EnergyProbe:
         self.design: CurveDesign = sampled_design(int(n_curves), attributes=list(attributes) if attributes else None,
                                                   step=float(step), nuisance=float(nuisance), seed=int(design_seed))
         self.settings = energy_settings(energy if energy is not None else EnergySettings())
+        too_large = [int(k) for s in self.settings if s.neighbourhood == "knn" for k in s.params if k >= n_curves]
+        if too_large:
+            raise InvarianceConfigError(
+                f"kNN with k={too_large} needs more than k curves per attribute, but probe.n_curves={n_curves}; "
+                "raise probe.n_curves or lower energy.knn (or energy.params for neighbourhood=knn).")
         self.batch_size = int(batch_size)
         self.image_cache_mb = float(image_cache_mb)
         self.identities = sample_identities(self.n_identities, self.identity_seed)

@@ -11,19 +11,22 @@ Formats:
   the iresnet must be built with ``first_stage_shortcut="subsample"``; AdaFace was trained on BGR input,
   so load it with ``bgr_to_rgb=True``.
 
-Loading is strict: any missing, unexpected or mis-shaped key raises :class:`WeightLoadingError`.
+Files are read by :func:`~fr_invariance.models.checkpoint_io.load_checkpoint` (tensors-only unpickling unless
+``trust_checkpoint``). Loading is strict: any missing, unexpected or mis-shaped key raises :class:`WeightLoadingError`.
 A ``_orig_mod.`` segment (left by ``torch.compile``) is removed from every key before matching.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from fr_invariance.errors import NotACheckpointError
+from fr_invariance.models.checkpoint_io import load_checkpoint
 
 FORMATS = ("auto", "insightface", "lightning", "adaface")
 MAX_LISTED_KEYS = 8
@@ -51,25 +54,6 @@ def _listed(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_LISTED_KEYS])
     more = f", ... (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else ""
     return f"{len(keys)} [{shown}{more}]"
-
-
-def _read_checkpoint(path: Path) -> object:
-    """``torch.load`` on CPU: tensors-only unpickling, else full unpickling with a warning (Lightning/AdaFace
-    checkpoints can hold hyper-parameter objects)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - torch.load raises many types; retry without the restriction below
-        pass
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise WeightLoadingError(f"{path} is not a torch checkpoint: {error}") from error
-    warnings.warn(
-        f"{path} holds Python objects besides tensors and was loaded with full unpickling "
-        "(only use checkpoints you trust)",
-        stacklevel=3,
-    )
-    return checkpoint
 
 
 def _detect_format(checkpoint: object) -> str:
@@ -181,7 +165,14 @@ def _check_keys(backbone: nn.Module, state: Mapping[str, Tensor], path: Path) ->
         )
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, fmt: str = "auto", bgr_to_rgb: bool = False) -> str:
+def load_backbone_weights(
+    backbone: nn.Module,
+    path: str | Path,
+    fmt: str = "auto",
+    bgr_to_rgb: bool = False,
+    *,
+    trust_checkpoint: bool = False,
+) -> str:
     """Load backbone weights from ``path`` into ``backbone`` in place (strict), and return the format used.
 
     Args:
@@ -190,18 +181,24 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, fmt: str = "aut
         fmt: ``"auto"`` | ``"insightface"`` | ``"lightning"`` | ``"adaface"`` (see module doc).
         bgr_to_rgb: reverse the input-channel order of the stem conv (the only conv weight with 3 input
             channels), for checkpoints trained on BGR images.
+        trust_checkpoint: read the file with full unpickling, which can run code it carries (see
+            :func:`~fr_invariance.models.checkpoint_io.load_checkpoint`); only for a file you trust.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unknown ``fmt``.
-        WeightLoadingError: the file's keys or shapes do not match ``backbone``.
+        UntrustedCheckpointError: the file holds a type outside the tensors-only allow-list.
+        WeightLoadingError: the file is not a torch checkpoint, or its keys or shapes do not match ``backbone``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path} (set model.weights to an existing file)")
-    checkpoint = _read_checkpoint(path)
+    try:
+        checkpoint = load_checkpoint(path, trust=trust_checkpoint)
+    except NotACheckpointError as error:
+        raise WeightLoadingError(str(error)) from error
     detected = _detect_format(checkpoint) if fmt == "auto" else fmt
     state = {key.replace("_orig_mod.", ""): value for key, value in _backbone_state(checkpoint, detected, path).items()}
     if bgr_to_rgb:

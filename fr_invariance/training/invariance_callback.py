@@ -15,6 +15,7 @@ a warning and never stops the training run.
 
 from __future__ import annotations
 
+import time
 import traceback
 import warnings
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ class InvarianceCallback(L.Callback):
         self.image_size = image_size
         self.last_metrics: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}
+        self.seconds = 0.0  # wall time spent measuring (rank 0), for the cost share of the run
         self._measured_epochs: set[int] = set()
         labels = [param_label(s.neighbourhood, p) for s in probe.settings for p in (s.params or (None,))]
         self.dashboards = DashboardWriter(probe.attributes, labels)
@@ -86,6 +88,7 @@ class InvarianceCallback(L.Callback):
         self._measured_epochs.add(epoch)
         if not trainer.is_global_zero:
             return  # rank 0 measures; the others go on (nothing here is collective)
+        start = time.perf_counter()
         try:
             rows = self.probe.measure(pl_module.backbone, image_size=self.image_size,
                                       run=Path(trainer.default_root_dir).name, epoch=epoch)
@@ -93,6 +96,8 @@ class InvarianceCallback(L.Callback):
             warnings.warn(f"invariance measurement at epoch {epoch} failed; training goes on:\n"
                           f"{traceback.format_exc()}", stacklevel=1)
             return
+        finally:
+            self.seconds += time.perf_counter() - start
         self.last_metrics = summary_metrics(rows)
         self.history[epoch] = self.last_metrics
         csv_path = Path(trainer.default_root_dir) / CSV_NAME
