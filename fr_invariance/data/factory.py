@@ -1,49 +1,31 @@
-"""Build the LightningDataModule named by ``data.source``."""
+"""Build the data module of a run from ``cfg.data.module`` (``_target_``: :class:`~fr_invariance.data.module.FaceDataModule`)."""
 
 from __future__ import annotations
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
-from fr_invariance.errors import ConfigurationError
+from fr_invariance.errors import ConfigurationError, FrInvarianceError
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """``data.source=synthetic`` (default) or ``data.source=image_folder``; ``attr``/``aug`` set the augmentation."""
-    data = cfg.data
-    nuisance = OmegaConf.to_container(cfg.aug.nuisance, resolve=True) if cfg.aug.get("nuisance") else None
-    if data.source == "synthetic":
-        from fr_invariance.data.synthetic import SyntheticFaceDataModule
+    """Instantiate ``cfg.data.module`` (training dataset and validation sources are nested ``_target_`` nodes).
 
-        return SyntheticFaceDataModule(
-            image_size=data.image_size,
-            identities=data.identities,
-            identity_seed=data.identity_seed,
-            samples_per_epoch=data.samples_per_epoch,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-            attr=cfg.attr.name,
-            strength=cfg.aug.strength,
-            nuisance=nuisance,
-            val_identities=data.val_identities,
-            val_identity_seed=data.val_identity_seed,
-            val_pairs=data.val_pairs,
-            val_nuisance_scale=data.val_nuisance_scale,
-            seed=cfg.seed,
-        )
-    if data.source == "image_folder":
-        from fr_invariance.data.image_folder_module import ImageFolderDataModule
-
-        return ImageFolderDataModule(
-            root=data.root,
-            val_root=data.get("val_root"),
-            image_size=data.image_size,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-            attr=cfg.attr.name,
-            strength=cfg.aug.strength,
-            nuisance=nuisance,
-            val_pairs=data.val_pairs,
-            seed=cfg.seed,
-        )
-    raise ConfigurationError(f"Unknown data.source {data.source!r}: use data=synthetic or data=image_folder.")
+    No file is read here: datasets on disk are scanned in the module's ``setup`` (or when ``num_classes``
+    is first read). A missing mandatory value (``data.root=???``) becomes a :class:`ConfigurationError`;
+    a user error (:class:`~fr_invariance.errors.FrInvarianceError`) raised inside a constructor is re-raised as itself.
+    """
+    try:
+        return instantiate(cfg.data.module, _convert_="all")
+    except MissingMandatoryValue as error:
+        raise ConfigurationError(f"{error.full_key} is required: set {error.full_key}=... on the command line.") from None
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, FrInvarianceError):
+            raise cause from None
+        raise

@@ -71,7 +71,11 @@ class PaperEmbeddings:
                 f"No embeddings for identity {identity!r} ({path} missing); known identities: {self.identities[:10]}"
                 f"{' ...' if len(self.identities) > 10 else ''}."
             )
-        array = np.load(path)
+        try:
+            array = np.load(path, allow_pickle=False)  # object arrays / pickles would unpickle (could run code)
+        except ValueError as error:
+            raise PaperFormatError(f"{path} is not a numeric .npy array ({error}); write embeddings with np.save.") \
+                from error
         _check_embeddings(array, self.table, str(path))
         return array.astype(np.float32, copy=False)
 
@@ -110,7 +114,7 @@ def write_paper_embeddings(
         raise PaperFormatError("embeddings is empty: give at least one identity's (N, D) array.")
     arrays = {}
     for identity, array in embeddings.items():
-        if not identity or Path(identity).name != identity:
+        if not identity or Path(identity).name != identity or "/" in identity or "\\" in identity:
             raise PaperFormatError(f"Identity name {identity!r} cannot be a file stem; use a plain name.")
         arrays[identity] = np.asarray(array, dtype=np.float32)
         _check_embeddings(arrays[identity], table, f"embeddings[{identity!r}]")

@@ -29,6 +29,8 @@ class VerificationResult:
         tar_at_far: FAR target -> TAR, on all pairs: the highest true-accept rate at a distance
             threshold whose false-accept rate is <= the target (nan without genuine or impostor pairs).
         n_pairs: P.
+        fold_accuracies, fold_thresholds: per held-out fold, its accuracy and the threshold chosen on the
+            other folds.
     """
 
     accuracy_mean: float
@@ -36,6 +38,8 @@ class VerificationResult:
     threshold_mean: float
     tar_at_far: dict[float, float]
     n_pairs: int
+    fold_accuracies: tuple[float, ...] = ()
+    fold_thresholds: tuple[float, ...] = ()
 
 
 def _accuracies(distances: np.ndarray, issame: np.ndarray) -> np.ndarray:
@@ -98,4 +102,6 @@ def verification_accuracy(
         threshold_mean=float(np.mean(thresholds)),
         tar_at_far=_tar_at_far(distances, issame, far_targets),
         n_pairs=n_pairs,
+        fold_accuracies=tuple(float(a) for a in accuracies),
+        fold_thresholds=tuple(float(t) for t in thresholds),
     )

@@ -98,6 +98,8 @@ class FaceRecognitionModule(L.LightningModule):
         return self
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.freeze_bn and self.training and any(m.training for m in self._backbone_batchnorms()):
+            self.train(True)  # Lightning never calls train() at fit start: apply the frozen BatchNorm now
         if self.warming_up_head:
             self.backbone.eval()
         elif self.head_warmup_steps and not self.backbone.training:
@@ -128,7 +130,8 @@ class FaceRecognitionModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Embed one batch of pair images (consecutive rows form pairs) of validation set ``dataloader_idx``."""
         images = batch[0]
-        embeddings = self(images) + self(images.flip(-1))  # insightface protocol: image + its mirror
+        both = self(torch.cat([images, images.flip(-1)]))  # insightface protocol: image + its mirror, one pass
+        embeddings = both[: images.shape[0]] + both[images.shape[0] :]
         self._val_embeddings.setdefault(dataloader_idx, []).append(embeddings.float())
 
     def on_validation_epoch_end(self) -> None:
