@@ -38,7 +38,11 @@ def _write_arm(root: Path, attr: str, strength: float, seed: int, rng: np.random
                                     "n_zero": 0})
     pd.DataFrame(records).to_csv(folder / "invariance.csv", index=False)
     accuracy = 0.95 - (0.02 if attr == "head_angle" else 0.0)
-    (folder / "summary.json").write_text(json.dumps({"val_verification_acc": accuracy, "energy": {}}))
+    metrics = {"val/ordinary/acc": accuracy, "val/ordinary/tar@far1e-3": 0.8}
+    for vary in (["head_angle", "contrast"] if attr == "none" else [attr]):
+        metrics[f"val/vary_{vary}/acc"] = 0.9 + (0.03 if attr == vary else 0.0)
+        metrics[f"val/vary_{vary}/tar@far1e-3"] = 0.7
+    (folder / "summary.json").write_text(json.dumps({**metrics, "energy": {}}))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +72,10 @@ def test_sweep_report_finds_the_constructed_effects(sweep_dir, tmp_path):
     side = effects[(effects["setting"] == "ball 0.6") & (effects["family"] == "side effect")]
     assert side["delta"].abs().max() < 0.02 and not side["exceeds_control_spread"].any() or (side["p_holm"] > 0.05).all()
     verification = result.tables["verification"]
-    cost = verification[verification["attr"] == "head_angle"]["delta_val_verification_acc"]
-    assert cost.to_numpy() == pytest.approx(-0.02)
+    head = verification[verification["attr"] == "head_angle"]
+    assert head["delta_ordinary_acc"].to_numpy() == pytest.approx(-0.02)
+    assert head["delta_targeted_acc"].to_numpy() == pytest.approx(0.03)  # vs the control's vary_head_angle pairs
+    assert verification["delta_targeted_tar@far1e-3"].to_numpy() == pytest.approx(0.0)
     assert sorted(result.summary["targeted_significant"]["ball 0.6"]) == sorted(ball.index)
     written = write_result(result, tmp_path / "report", title="Controlled experiment")
     for stem in ("effects", "verification", "curves", "side_effects_ball_0.6", "dose_response_magnitude", "curves",

@@ -102,9 +102,11 @@ class ControlledExperiment:
             for attribute, strength in settings:
                 name = arm_name(attribute, strength, seed)
                 directory = sweep_dir / "arms" / name
-                arms.append(Job(name, directory, (
-                    *self.common, *self.arm, f"attr={attribute}", f"aug.strength={strength:g}", f"seed={seed}",
-                    f"model.weights={checkpoint}", "model.keep_head=true", f"hydra.run.dir={directory}")))
+                # the control also verifies on pairs that vary each arm's attribute, the arms' reference
+                vary = f"data.val_vary=[{','.join(self.attributes)}]" if attribute == NO_ATTRIBUTE else None
+                arms.append(Job(name, directory, tuple(o for o in (
+                    *self.common, *self.arm, f"attr={attribute}", f"aug.strength={strength:g}", f"seed={seed}", vary,
+                    f"model.weights={checkpoint}", "model.keep_head=true", f"hydra.run.dir={directory}") if o)))
         return base, arms
 
     def run(self, sweep_dir: str | Path) -> dict[str, Any]:
@@ -123,8 +125,7 @@ class ControlledExperiment:
         with ThreadPoolExecutor(max_workers=self.n_jobs) as pool:
             records += list(pool.map(lambda job: run_job(job, threads=threads), arms))
         jobs = pd.DataFrame(records)
-        with open(sweep_dir / "jobs.csv", "w") as handle:
-            jobs.to_csv(handle, index=False)
+        atomic_write_text(sweep_dir / "jobs.csv", jobs.to_csv(index=False))
         analysis = SweepAnalysis(sweep_dir=str(sweep_dir), **self.report)
         result = analysis.run_on_folder(sweep_dir)
         write_result(result, sweep_dir / "report", title="Controlled experiment")
@@ -140,8 +141,7 @@ def run_job(job: Job, *, threads: int) -> dict[str, Any]:
     if (job.directory / SUMMARY_FILE).exists():
         return {"name": job.name, "status": "done (kept)", "seconds": 0.0, "directory": str(job.directory)}
     job.directory.mkdir(parents=True, exist_ok=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                   "FR_INVARIANCE_QUIET": "1"}
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, str(train_script()), *job.overrides]
     start = time.perf_counter()
     print(f"controlled: start {job.name}", flush=True)

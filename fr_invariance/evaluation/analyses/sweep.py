@@ -173,16 +173,19 @@ def strength_of(arm: str) -> float:
 
 
 def verification_cost(finals: pd.DataFrame) -> pd.DataFrame:
-    """Final val metrics per arm and seed, with Δ vs the control of the same seed."""
-    metrics = [c for c in finals.columns if c.startswith("val")]
-    control = finals[finals["arm"] == CONTROL].set_index("seed")[metrics]
+    """Final held-out verification per arm and seed against the control of the same seed: on ordinary pairs
+    (``val/ordinary/*``) and on pairs that vary the arm's targeted attribute widely (``val/vary_<attr>/*``,
+    which the control measures for every attribute of the experiment)."""
+    control = finals[finals["arm"] == CONTROL].set_index("seed")
     records = []
-    for record in finals.to_dict("records"):
-        base = control.loc[record["seed"]] if record["seed"] in control.index else None
+    for record in finals[finals["arm"] != CONTROL].to_dict("records"):
         row = {k: record[k] for k in ("arm", "attr", "strength", "seed")}
-        for metric in metrics:
-            row[metric] = record.get(metric)
-            row[f"delta_{metric}"] = (record.get(metric) - base[metric]) if base is not None and pd.notna(record.get(metric)) else np.nan
+        for kind, prefix in (("ordinary", "val/ordinary"), ("targeted", f"val/vary_{record['attr']}")):
+            for metric in ("acc", "tar@far1e-3"):
+                value = record.get(f"{prefix}/{metric}", np.nan)
+                base = control[f"{prefix}/{metric}"].get(record["seed"], np.nan) if f"{prefix}/{metric}" in control else np.nan
+                row[f"{kind}_{metric}"], row[f"control_{kind}_{metric}"] = value, base
+                row[f"delta_{kind}_{metric}"] = value - base
         records.append(row)
     return pd.DataFrame(records)
 
@@ -205,12 +208,14 @@ def targeted_table(subset: pd.DataFrame, *, side: bool = False) -> str:
 
 
 def verification_table(verification: pd.DataFrame) -> str:
-    metrics = [c for c in verification.columns if c.startswith("val") and not c.endswith("_std")]
-    grouped = verification.groupby("arm", sort=False)
+    """Mean over seeds of each arm's accuracy and TAR@FAR=1e-3, with Δ vs the control, per pair set."""
+    if verification.empty:
+        return "No verification metrics were logged."
+    columns = [f"{kind}_{metric}" for kind in ("ordinary", "targeted") for metric in ("acc", "tar@far1e-3")]
     body = []
-    for arm, group in grouped:
-        body.append([arm] + [f"{group[m].mean():.4f} ({_fmt(group[f'delta_{m}'].mean(), 4)})" for m in metrics])
-    return markdown_table(["arm"] + [f"{m} (Δ)" for m in metrics], body)
+    for arm, group in verification.groupby("arm", sort=True):
+        body.append([arm] + [f"{group[c].mean():.4f} ({_fmt(group[f'delta_{c}'].mean(), 4)})" for c in columns])
+    return markdown_table(["arm"] + [f"{c} (Δ vs control)" for c in columns], body)
 
 
 def _figure(width: float, height: float) -> Figure:
