@@ -3,9 +3,12 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from fr_invariance.evaluation.invariance import EnergySettings, invariance_rows
+from fr_invariance.metrics import neighbours
 from fr_invariance.metrics.energy import (
     alignment_energy,
     displacement_magnitude,
@@ -14,6 +17,8 @@ from fr_invariance.metrics.energy import (
     mean_pair_distance,
     null_energy,
 )
+from fr_invariance.metrics.neighbours import CAP_GROUP
+from fr_invariance.synth.designs import sampled_design
 
 F64 = torch.float64
 
@@ -96,8 +101,9 @@ def test_self_loop_and_isolated_point():
 
     (exact,) = alignment_energy(positions, vectors, scale=1.0, params=(0.01,), exact_repro=True)
     # each row holds itself (d_V 0): e_0 = e_1 = (0 + 1) / 2, the isolated point scores 0 and is included
-    assert exact.per_point.tolist() == pytest.approx([0.5, 0.5, 0.0])
-    assert exact.energy == pytest.approx(1 / 3)
+    assert exact.per_point.tolist() == pytest.approx([0.5, 0.5, 0.0], abs=1e-6)  # float32, as the script
+    assert exact.per_point[2] == 0.0  # a self-loop scores exactly 0
+    assert exact.energy == pytest.approx(1 / 3, abs=1e-6)
     assert exact.n_isolated == 1
     assert exact.mean_degree == pytest.approx(5 / 3)
 
@@ -114,8 +120,8 @@ def test_zero_vectors_default_left_out_exact_half_rule():
 
     (exact,) = alignment_energy(positions, vectors, scale=1.0, params=(0.01,), exact_repro=True)
     # rows 0, 1: (self 0, aligned 0, zero 0.5) / 3; row 2: (0.5, 0.5, zero-to-zero 0) / 3
-    assert exact.per_point.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 3])
-    assert exact.energy == pytest.approx(2 / 9)
+    assert exact.per_point.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 3], abs=1e-6)
+    assert exact.energy == pytest.approx(2 / 9, abs=1e-6)
     assert exact.n_zero == 1
 
 
@@ -162,7 +168,7 @@ def test_inverse_distance_gives_zero_weight_to_coincident_points():
 def test_chunked_equals_dense_reference(metric, chunk_size):
     positions, vectors = _clustered(50, 12, seed=4)
     scale = mean_pair_distance(positions, metric=metric, n_pairs=2000)
-    kwargs = dict(scale=scale, metric=metric, chunk_size=chunk_size, dtype=F64)
+    kwargs = {"scale": scale, "metric": metric, "chunk_size": chunk_size, "dtype": F64}
     for result in alignment_energy(positions, vectors, params=(0.3, 0.6, 1.0), **kwargs):
         assert result.energy == pytest.approx(_dense_reference(positions, vectors, metric, "ball", result.param, scale), abs=1e-12)
     for result in alignment_energy(positions, vectors, neighbourhood="knn", params=(1, 5), **kwargs):
@@ -180,21 +186,22 @@ def test_float32_default_path_close_to_float64():
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 4])
-def test_exact_repro_with_zero_vectors_is_chunk_independent(chunk_size):
+@pytest.mark.parametrize("cap", [None, 2])
+def test_exact_repro_with_zero_vectors_is_chunk_independent(chunk_size, cap):
     positions, vectors = _clustered(9, 6, seed=11)
     vectors[[2, 5, 6]] = 0.0
-    kwargs = dict(scale=1.0, params=(0.3, 0.8), exact_repro=True)
+    kwargs = {"scale": 1.0, "params": (0.3, 0.8), "exact_repro": True, "max_neighbours": cap, "seed": 4}
     whole = alignment_energy(positions, vectors, chunk_size=9, **kwargs)
     for a, b in zip(alignment_energy(positions, vectors, chunk_size=chunk_size, **kwargs), whole):
-        assert a.n_zero == 3
-        torch.testing.assert_close(a.per_point, b.per_point, rtol=0, atol=1e-12)
+        assert a.n_zero == 3 and a.mean_degree == b.mean_degree
+        torch.testing.assert_close(a.per_point, b.per_point, rtol=0, atol=1e-6)  # float32 Gram rounding
 
 
 @pytest.mark.parametrize("cap", [None, 4])
 def test_several_epsilons_in_one_call_equal_separate_calls(cap):
     positions, vectors = _clustered(70, 16, seed=6)
     epsilons = (1.0, 0.4, 0.7)
-    kwargs = dict(scale=0.8, max_neighbours=cap, seed=3, chunk_size=32)
+    kwargs = {"scale": 0.8, "max_neighbours": cap, "seed": 3, "chunk_size": 32}
     together = alignment_energy(positions, vectors, params=epsilons, **kwargs)
     assert [r.param for r in together] == list(epsilons)
     assert len({r.mean_degree for r in together}) == 3
@@ -205,22 +212,54 @@ def test_several_epsilons_in_one_call_equal_separate_calls(cap):
         assert torch.equal(alone.per_point.isnan(), result.per_point.isnan())
 
 
-def test_max_neighbours_default_mode_matches_hand_subsampling():
-    positions, vectors = _clustered(40, 8, seed=7)
-    scale, eps, cap, seed = 1.0, 0.5, 3, 11
-    (result,) = alignment_energy(positions, vectors, scale=scale, params=(eps,), max_neighbours=cap, seed=seed, dtype=F64)
+def _documented_cap_reference(positions, vectors, radius, cap, seed):
+    """The default-mode cap as documented in ``ball_means``, one row at a time."""
+    n_points = len(positions)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_points, generator=generator).tolist()
+    n_groups = math.ceil(n_points / CAP_GROUP)
+    start_group = torch.randint(0, n_groups, (n_points,), generator=generator).tolist()
     unit_x = (positions / positions.norm(dim=1, keepdim=True)).numpy()
     unit_v = (vectors / vectors.norm(dim=1, keepdim=True)).numpy()
     distance = 1.0 - unit_x @ unit_x.T
-    generator = np.random.RandomState(seed)
-    expected = []
-    for i in range(40):
-        row = np.array([j for j in range(40) if j != i and distance[i, j] <= eps * scale])
-        if len(row) > cap:
-            row = row[generator.choice(len(row), cap, replace=False)]
-        if len(row):
-            expected.append(np.mean(1.0 - unit_v[row] @ unit_v[i]))
-    assert result.energy == pytest.approx(np.mean(expected), abs=1e-12)
+    per_point = []
+    for i in range(n_points):
+        groups = [(start_group[i] + step) % n_groups for step in range(n_groups)]
+        slots = [s for g in groups for s in range(g * CAP_GROUP, min((g + 1) * CAP_GROUP, n_points))]
+        ball = [order[s] for s in slots if order[s] != i and distance[i, order[s]] <= radius]
+        kept = ball[:cap]
+        per_point.append(np.mean([1.0 - unit_v[i] @ unit_v[j] for j in kept]) if kept else np.nan)
+    return np.array(per_point)
+
+
+@pytest.mark.parametrize("n_points, cap", [(40, 3), (150, 7), (200, 40)])
+@pytest.mark.parametrize("tables", [True, False])
+def test_max_neighbours_default_mode_matches_documented_scan(n_points, cap, tables, monkeypatch):
+    if not tables:  # the full-row pass used for large C
+        monkeypatch.setattr(neighbours, "CAP_TABLE_BUDGET", 0)
+    positions, vectors = _clustered(n_points, 8, seed=7)
+    scale, eps, seed = 1.0, 0.5, 11
+    expected = _documented_cap_reference(positions, vectors, eps * scale, cap, seed)
+    for chunk_size in (1, 13, 4096):
+        (result,) = alignment_energy(positions, vectors, scale=scale, params=(eps,), max_neighbours=cap, seed=seed,
+                                     dtype=F64, chunk_size=chunk_size)
+        np.testing.assert_allclose(result.per_point.numpy(), expected, rtol=0, atol=1e-12)
+    assert result.mean_degree > cap  # the cap binds
+
+
+def test_cap_at_least_the_degree_changes_nothing_and_is_unbiased():
+    positions, vectors = _clustered(120, 8, seed=12)
+    kwargs = {"scale": 1.0, "params": (0.4, 0.9), "dtype": F64}
+    uncapped = alignment_energy(positions, vectors, **kwargs)
+    for full, capped in zip(uncapped, alignment_energy(positions, vectors, max_neighbours=120, **kwargs)):
+        torch.testing.assert_close(full.per_point, capped.per_point, rtol=0, atol=1e-12, equal_nan=True)
+        assert full.mean_degree == capped.mean_degree
+    # every row keeps a uniform random subset: averaged over seeds, each point's value is its uncapped mean
+    runs = torch.stack([alignment_energy(positions, vectors, max_neighbours=5, seed=seed, **kwargs)[1].per_point
+                        for seed in range(300)])
+    assert (runs.std(0) > 0).sum() > 60  # most rows are capped at ε = 0.9
+    np.testing.assert_allclose(runs.mean(0).numpy(), uncapped[1].per_point.numpy(), atol=0.04)
+    assert float((runs.mean(0) - uncapped[1].per_point).abs().mean()) < 0.01
 
 
 def test_mean_pair_distance_is_seeded_numpy_computation():
@@ -244,10 +283,41 @@ def test_null_energy_is_near_one_on_the_same_graph():
     assert null_energy(positions, scale=1.0, params=(0.6,), seed=1)[0].energy == results[0].energy
 
 
-def test_displacement_gravity_and_field_correlation():
-    vectors = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=F64)
-    assert displacement_magnitude(vectors, 2.0).tolist() == [2.5, 0.0]
+def test_displacement_magnitude_is_in_the_models_metric():
+    start = torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, 2.0]], dtype=F64)
+    end = torch.tensor([[0.0, 5.0], [3.0, 4.0], [0.0, -1.0]], dtype=F64)
+    # cosine: 1 − cos = 1, 0, 2; euclidean: √26, 0, 3
+    assert displacement_magnitude(start, end, 2.0, "cosine").tolist() == pytest.approx([0.5, 0.0, 1.0])
+    assert displacement_magnitude(start, end, 2.0, "euclidean").tolist() == pytest.approx([math.sqrt(26) / 2, 0.0, 1.5])
+    zero = torch.zeros(1, 2, dtype=F64)
+    assert displacement_magnitude(zero, start[:1], 1.0).tolist() == [0.5]  # scikit-learn's paired rule
+    with pytest.raises(ValueError, match="same shape"):
+        displacement_magnitude(start, end[:2], 1.0)
 
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_scaling_embeddings_leaves_energy_and_magnitude_unchanged(metric):
+    """A cosine model's embeddings times any constant, or a euclidean model's (d̄ scales too): same numbers,
+    in every neighbourhood and with the cap."""
+    design = sampled_design(40, step=0.25, nuisance=0.5, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(design.controls.shape[0], 16, generator=generator) + design.controls[:, :1] * 2
+    settings = [EnergySettings("ball", params=(0.6, 1.0), max_neighbours=8), EnergySettings("knn", params=(5,)),
+                EnergySettings("inverse_distance", params=())]
+    reference = None
+    for factor in (1.0, 0.01, 100.0):
+        rows = pd.concat([invariance_rows({"id": base * factor}, design.table, metric=metric, energy=energy,
+                                          attributes=["head_angle", "hue"]) for energy in settings])
+        if reference is None:
+            reference = rows
+            assert (rows["magnitude"] > 0).all()
+            continue
+        np.testing.assert_allclose(rows["energy"], reference["energy"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(rows["magnitude"], reference["magnitude"], rtol=1e-5)
+        assert rows["mean_degree"].tolist() == reference["mean_degree"].tolist()
+
+
+def test_gravity_and_field_correlation():
     positions = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64)  # barycentre at the origin
     inward = torch.tensor([[-2.0, 1.0], [2.0, 0.0]], dtype=F64)
     assert gravity(positions, inward) == pytest.approx(2.0)
@@ -264,6 +334,10 @@ def test_clear_errors():
         alignment_energy(positions, vectors, scale=1.0, neighbourhood="radius")
     with pytest.raises(ValueError, match="exact_repro"):
         alignment_energy(positions, vectors, scale=1.0, neighbourhood="knn", params=(3,), exact_repro=True)
+    with pytest.raises(ValueError, match="cosine"):
+        alignment_energy(positions, vectors, scale=1.0, metric="euclidean", exact_repro=True)
+    with pytest.raises(ValueError, match="max_neighbours"):
+        alignment_energy(positions, vectors, scale=1.0, max_neighbours=0)
     with pytest.raises(ValueError, match="rows"):
         alignment_energy(positions, vectors[:5], scale=1.0)
     with pytest.raises(ValueError, match="scale"):

@@ -1,128 +1,136 @@
-"""exact_repro=True reproduces the authors' released ball-energy algorithm number for number.
+"""The building blocks of ``exact_repro`` against the scikit-learn calls the released script makes.
 
-The reference below re-implements that script's algorithm from its description (DESIGN §5, brief D):
-per identity d̄ from ``paired_cosine_distances`` on random index pairs over all embedded images; per
-attribute and ε a ``RadiusNeighborsTransformer`` refit on the centres (so each point is its own
-neighbour), ``graph.nonzero()``, ``paired_cosine_distances`` of the unnormalised vectors, the per-point
-mean over each row via a counts loop (optionally capped at m random entries), then a plain mean.
+One field at a time (the whole script, with its streams across identities, is checked in
+``test_energy_script_parity.py``): d̄ (:func:`script_scale`), the curve shuffle
+(:func:`script_curve_selection`) and the ball energies (:func:`script_ball` through ``alignment_energy``)
+against ``RadiusNeighborsTransformer`` + a row-by-row ``RandomState.choice`` cap + ``paired_cosine_distances``.
 """
 
+from __future__ import annotations
+
+import random
+
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from sklearn.metrics.pairwise import paired_cosine_distances
+from sklearn.metrics.pairwise import cosine_distances, paired_cosine_distances
 from sklearn.neighbors import RadiusNeighborsTransformer
 
-from fr_invariance.data.paper_format import read_paper_embeddings, write_paper_embeddings
-from fr_invariance.metrics.energy import alignment_energy, mean_pair_distance
-from fr_invariance.synth.designs import curve_indices
+from fr_invariance.metrics.energy import alignment_energy
+from fr_invariance.metrics.exact_repro import (
+    SCRIPT_DIMENSIONS,
+    ScriptStreams,
+    script_ball,
+    script_curve_selection,
+    script_scale,
+)
 
-DIMENSIONS = (0, 3, 4)  # int labels, as in the paper's CSV
-N_CURVES = 60
 EPSILONS = (0.4, 0.6, 0.8, 1.0)
-SEED = 7
 
 
-def _paper_table(generator: np.random.Generator) -> pd.DataFrame:
-    """3 dimensions × 60 curves × 3 steps, images at shuffled indices, rows in shuffled order."""
-    n_rows = len(DIMENSIONS) * N_CURVES * 3
-    table = pd.DataFrame(
-        {
-            "id_curve": np.repeat(np.arange(len(DIMENSIONS) * N_CURVES), 3),
-            "moving_dimension": np.repeat(DIMENSIONS, N_CURVES * 3),
-            "param_step": np.tile([0, 1, 2], len(DIMENSIONS) * N_CURVES),
-            "index": generator.permutation(n_rows),
-        }
-    )
-    return table.iloc[generator.permutation(n_rows)].reset_index(drop=True)
+def _field(n_points: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 clustered centres (one of them zero) and a partly coherent field with zero vectors."""
+    generator = np.random.default_rng(seed)
+    clusters = generator.normal(size=(3, dim))
+    positions = clusters[generator.integers(3, size=n_points)] + 0.5 * generator.normal(size=(n_points, dim))
+    positions[4] = 0.0
+    vectors = generator.normal(size=dim) + generator.normal(size=(n_points, dim))
+    vectors[::9] = 0.0
+    return positions.astype(np.float32), vectors.astype(np.float32)
 
 
-def _embeddings(table: pd.DataFrame, generator: np.random.Generator) -> np.ndarray:
-    """Clustered D=32 centres; each dimension moves them along its own direction plus noise; every
-    25th curve does not move (zero vector)."""
-    dim = 32
-    clusters = generator.normal(size=(5, dim))
-    directions = {d: generator.normal(size=dim) for d in DIMENSIONS}
-    embeddings = np.zeros((len(table), dim))
-    for (curve, dimension), rows in table.groupby(["id_curve", "moving_dimension"]):
-        centre = clusters[generator.integers(5)] + 0.5 * generator.normal(size=dim)
-        step = 0.3 * (directions[dimension] + 0.8 * generator.normal(size=dim))
-        if curve % 25 == 0:
-            step[:] = 0.0  # a few zero vectors: scikit-learn's 0.5 rule
-        for _, row in rows.iterrows():
-            embeddings[row["index"]] = centre + (row["param_step"] - 1) * step
-    return embeddings.astype(np.float32)
+def _sklearn_ball(positions, vectors, scale, cap, rng) -> list[np.ndarray]:
+    """Per-point energies per ε with the script's library calls and its row-by-row cap."""
+    out = []
+    for eps in EPSILONS:
+        graph = RadiusNeighborsTransformer(radius=eps * scale, mode="connectivity", metric="cosine").fit_transform(positions)
+        per_point = np.zeros(len(positions))
+        for row in range(len(positions)):
+            columns = graph.indices[graph.indptr[row] : graph.indptr[row + 1]]
+            if cap is not None and len(columns) > cap:
+                columns = columns[rng.choice(len(columns), cap, replace=False)]
+            per_point[row] = np.mean(paired_cosine_distances(vectors[np.full(len(columns), row)], vectors[columns]))
+        out.append(per_point)
+    return out
 
 
-@pytest.fixture(scope="module")
-def paper_directory(tmp_path_factory):
-    generator = np.random.default_rng(0)
-    table = _paper_table(generator)
-    embeddings = {f"id{k:03d}": _embeddings(table, generator) for k in range(3)}
-    return write_paper_embeddings(tmp_path_factory.mktemp("paper") / "embeddings", table, embeddings)
+def test_script_scale_is_the_scripts_float32_mean():
+    embeddings = np.random.default_rng(0).normal(size=(500, 16)).astype(np.float32)
+    embeddings[7] = 0.0
+    ours = script_scale(embeddings, np.random.RandomState(5), 10_000)
+    rng = np.random.RandomState(5)
+    first, second = rng.randint(0, 500, 10_000), rng.randint(0, 500, 10_000)
+    expected = np.mean(paired_cosine_distances(embeddings[first], embeddings[second]))
+    assert ours.dtype == np.float32 and ours == expected
 
 
-def _reference_energies(embeddings: np.ndarray, table: pd.DataFrame, cap: int | None) -> dict:
-    """The released algorithm, re-implemented with scikit-learn; {(dimension, ε): energy}."""
-    first, second = np.random.RandomState(SEED).randint(0, len(embeddings), (2, 10_000))
-    scale = paired_cosine_distances(embeddings[first], embeddings[second]).mean()
-    energies = {}
-    for dimension in DIMENSIONS:
-        rows = table[table["moving_dimension"] == dimension].sort_values("id_curve")
-        index = {step: rows.loc[rows["param_step"] == step, "index"].to_numpy() for step in (0, 1, 2)}
-        positions = embeddings[index[1]]
-        vectors = embeddings[index[2]] - embeddings[index[0]]
-        for eps in EPSILONS:
-            graph = RadiusNeighborsTransformer(radius=eps * scale, mode="connectivity", metric="cosine").fit_transform(positions)
-            a, b = graph.nonzero()
-            distances = paired_cosine_distances(vectors[a], vectors[b])
-            counts = np.bincount(a, minlength=len(positions))
-            generator = np.random.RandomState(SEED)
-            per_point, start = [], 0
-            for count in counts:
-                row = distances[start : start + count]
-                start += count
-                if cap is not None and count > cap:
-                    row = row[generator.choice(count, cap, replace=False)]
-                per_point.append(row.mean())
-            energies[dimension, eps] = float(np.mean(per_point))
-    return energies
+def test_curve_selection_replays_python_shuffles_in_the_scripts_order():
+    curve_ids = {"0": np.array([5, 3, 3, 9, 1, 7]), "hue": np.arange(20, 40), "2": np.array([4])}
+    streams = ScriptStreams.seeded(2)
+    selected = script_curve_selection(curve_ids, streams, max_curves=3)
+    python = random.Random(2)
+    expected = {}
+    for label in SCRIPT_DIMENSIONS:  # the script shuffles every dimension, present or not
+        ids = np.unique(curve_ids.get(label, np.array([], dtype=int)))
+        python.shuffle(ids)
+        if label in curve_ids:
+            expected[label] = np.sort(ids[:3])
+    assert selected.keys() == expected.keys()
+    for label, ids in expected.items():
+        assert selected[label].tolist() == ids.tolist()
+    assert streams.python.random() == python.random()  # the stream moved exactly as far
+    assert script_curve_selection(curve_ids, ScriptStreams.seeded(2))["hue"].tolist() == list(range(20, 40))
 
 
-def _our_energies(embeddings: np.ndarray, table: pd.DataFrame, cap: int | None) -> dict:
-    points = torch.from_numpy(embeddings)
-    scale = mean_pair_distance(points, "cosine", n_pairs=10_000, seed=SEED)
-    energies = {}
-    for dimension in DIMENSIONS:
-        idx0, idx1, idx2 = curve_indices(table, str(dimension))
-        results = alignment_energy(
-            points[idx1], points[idx2] - points[idx0], scale=scale, params=EPSILONS,
-            exact_repro=True, max_neighbours=cap, seed=SEED, chunk_size=17,
-        )
-        energies.update({(dimension, r.param): r.energy for r in results})
-    return energies
+@pytest.mark.parametrize("cap", [None, 5])
+@pytest.mark.parametrize("chunk_size", [2, 3, 4096])
+def test_script_ball_equals_the_library_calls(cap, chunk_size):
+    positions, vectors = _field(90, 12, seed=1)
+    scale = script_scale(positions, np.random.RandomState(0), 2000)
+    reference_rng, ours_rng = np.random.RandomState(9), np.random.RandomState(9)
+    expected = _sklearn_ball(positions, vectors, scale, cap, reference_rng)
+    balls = script_ball(positions, vectors, scale, EPSILONS, max_neighbours=cap, rng=ours_rng, chunk_size=chunk_size)
+    for ball, reference in zip(balls, expected):
+        np.testing.assert_allclose(ball.per_point, reference, rtol=0, atol=2e-7)
+    assert balls[0].degree[4] == 1  # the zero-norm centre holds only itself
+    if cap is not None:
+        assert (balls[-1].degree > cap).sum() > 10
+    assert ours_rng.randint(1 << 30) == reference_rng.randint(1 << 30)  # both streams moved by the same draws
 
 
-@pytest.mark.parametrize("cap", [None, 4])
-def test_exact_repro_matches_released_algorithm(paper_directory, cap):
-    opened = read_paper_embeddings(paper_directory)
-    assert opened.identities == ["id000", "id001", "id002"]
-    for identity in opened.identities:
-        embeddings = opened.load(identity).astype(np.float64)
-        reference = _reference_energies(embeddings, pd.read_csv(paper_directory / "df_param_step.csv"), cap)
-        ours = _our_energies(embeddings, opened.table, cap)
-        assert set(ours) == set(reference)
-        for key, value in reference.items():
-            assert ours[key] == pytest.approx(value, abs=1e-9), key
-        assert len({round(v, 6) for v in reference.values()}) > 6  # the ε really change the numbers
+def test_alignment_energy_exact_mode_uses_the_given_stream():
+    positions, vectors = _field(60, 8, seed=2)
+    scale = float(script_scale(positions, np.random.RandomState(0), 2000))
+    tensors = torch.from_numpy(positions), torch.from_numpy(vectors)
+    fresh = alignment_energy(*tensors, scale=scale, exact_repro=True, max_neighbours=3, seed=4)
+    stream = np.random.RandomState(4)
+    shared = alignment_energy(*tensors, scale=scale, exact_repro=True, max_neighbours=3, random_state=stream)
+    assert [r.energy for r in fresh] == [r.energy for r in shared]
+    again = alignment_energy(*tensors, scale=scale, exact_repro=True, max_neighbours=3, random_state=stream)
+    assert [r.energy for r in again] != [r.energy for r in shared]  # the stream continued
+    expected = _sklearn_ball(positions, vectors, np.float32(scale), 3, np.random.RandomState(4))
+    assert [r.energy for r in fresh] == pytest.approx([float(np.mean(e)) for e in expected], abs=1e-6)
+    assert all(r.n_zero == 7 and r.n_points == 60 for r in fresh)
 
 
-def test_exact_repro_float32_inputs_match_to_float32_precision(paper_directory):
-    """scikit-learn computes in float32 on float32 arrays; ours stays float64, so they agree to ~1e-6."""
-    opened = read_paper_embeddings(paper_directory)
-    embeddings = opened.load(opened.identities[0])
-    reference = _reference_energies(embeddings, opened.table.astype({"moving_dimension": int}), None)
-    ours = _our_energies(embeddings, opened.table, None)
-    for key, value in reference.items():
-        assert ours[key] == pytest.approx(value, abs=1e-5), key
+def test_ball_boundary_uses_the_scripts_float32_radius():
+    """A centre at float32 distance exactly ε·d̄ (the script's float32 product) is in the ball, although the
+    exact product ε × d̄ is below that distance: the radius is float32, as in the script."""
+    angle = 0.9
+    positions = np.array([[1.0, 0.0], [np.cos(angle), np.sin(angle)], [-1.0, 0.2]], dtype=np.float32)
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    distance = cosine_distances(positions)[0, 1]  # float32 1 − cos, as the ball sees it
+    eps = 0.6
+    below = above = np.float32(distance / eps)
+    candidates = [below]
+    for _ in range(200):  # the float32 values around distance / ε
+        below, above = np.nextafter(below, np.float32(0)), np.nextafter(above, np.float32(2))
+        candidates += [below, above]
+    boundary = [s for s in candidates if eps * s == distance and float(eps) * float(s) < float(distance)]
+    assert boundary, "no float32 d̄ puts the exact product just below the distance"
+    scale = boundary[0]
+    graph = RadiusNeighborsTransformer(radius=eps * scale, mode="connectivity", metric="cosine").fit_transform(positions)
+    (ball,) = script_ball(positions, vectors, scale, [eps], max_neighbours=None, rng=np.random.RandomState(0))
+    assert ball.degree.tolist() == np.diff(graph.indptr).tolist()
+    assert ball.degree[0] == 2  # itself and the centre on the boundary
+    np.testing.assert_allclose(ball.per_point, [0.5, 0.5, 0.0], atol=1e-6)

@@ -5,18 +5,25 @@ centre image, vector ``v_c = e(step 2) − e(step 0)``. The energy is the mean o
 (weighted) mean vector dissimilarity ``d_V(v_c, v_c') = 1 − cos`` over a neighbourhood ``N(c)`` of
 the position (ball of radius ``ε·d̄``, k nearest neighbours, or all points weighted by ``1/d_X``).
 ≈ 0: the attribute moves embeddings coherently; ≈ 1: random directions (invariance, up to noise).
+Beside it, :func:`displacement_magnitude` ``d_X(e(step 0), e(step 2)) / d̄`` says how far the step moves
+the embedding in the model's own metric (the primary readout across models).
 
-All functions are pure (tensors in, numbers out) and run on the inputs' device.
+Two modes: the default one (the project's convention: a point is not its own neighbour, zero vectors are
+left out, per-call seeded draws, vectorised float32 chunks on any device) and ``exact_repro`` (the
+authors' released script number for number: :mod:`fr_invariance.metrics.exact_repro`).
+
+All functions are pure (tensors in, numbers out) and run on the inputs' device (exact mode: CPU).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from fr_invariance.metrics.exact_repro import script_ball
 from fr_invariance.metrics.neighbours import (
     NeighbourMeans,
     PairBlocks,
@@ -101,19 +108,30 @@ def mean_pair_distance(points: torch.Tensor, metric: str = "cosine", n_pairs: in
     return float(_paired_distance(points[first], points[second], metric).mean())
 
 
-def displacement_magnitude(vectors: torch.Tensor, scale: float) -> torch.Tensor:
-    """``‖v_c‖ / d̄`` per curve: how far the attribute step moves the embedding, in units of the scale.
+def displacement_magnitude(
+    start: torch.Tensor, end: torch.Tensor, scale: float, metric: str = "cosine"
+) -> torch.Tensor:
+    """``m_c = d_X(e(step 0), e(step 2)) / d̄`` per curve (DESIGN §5): the attribute step's distance in the
+    model's own metric, in units of the identity's mean pairwise distance in the same metric.
+
+    Dimensionless: multiplying a cosine model's embeddings by any constant leaves it unchanged, and so
+    does scaling a euclidean model's (numerator and d̄ scale alike). A zero displacement gives 0.
 
     Args:
-        vectors: ``(C, D)`` field ``e(step 2) − e(step 0)``.
-        scale: ``d̄`` (> 0), e.g. from :func:`mean_pair_distance`.
+        start, end: ``(C, D)`` embeddings of step 0 and step 2 of each curve.
+        scale: ``d̄`` (> 0) in the same metric, e.g. from :func:`mean_pair_distance`.
+        metric: ``"cosine"`` (``1 − cos``, scikit-learn's paired convention for zero rows) or ``"euclidean"``.
 
     Returns:
-        ``(C,)`` float64 on the vectors' device.
+        ``(C,)`` float64 on the inputs' device.
     """
-    _check_matrix("vectors", vectors)
+    _check_matrix("start", start)
+    _check_matrix("end", end)
+    if start.shape != end.shape:
+        raise ValueError(f"start {tuple(start.shape)} and end {tuple(end.shape)} must have the same shape.")
+    _check_metric(metric)
     _check_scale(scale)
-    return torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) / scale
+    return _paired_distance(start, end.to(start.device), metric) / float(scale)
 
 
 def _check_scale(scale: float) -> None:
@@ -149,31 +167,37 @@ def alignment_energy(
     seed: int = 0,
     chunk_size: int = 2048,
     dtype: torch.dtype | None = None,
+    random_state: np.random.RandomState | None = None,
 ) -> list[EnergyResult]:
     """Alignment energy of one field, one result per neighbourhood parameter (DESIGN §5).
 
     Args:
         positions: ``(C, D)`` embeddings of the curve centres.
         vectors: ``(C, D)`` field ``e(step 2) − e(step 0)``.
-        scale: ``d̄`` of the identity (> 0), see :func:`mean_pair_distance`.
+        scale: ``d̄`` of the identity (> 0), see :func:`mean_pair_distance` (exact mode:
+            :func:`fr_invariance.metrics.exact_repro.script_scale`; it is used as float32).
         neighbourhood: ``"ball"`` (``{c' ≠ c : d_X ≤ ε·d̄}``, params = ε values), ``"knn"`` (the k
             nearest ``c' ≠ c``, ties by lower index; params = k values) or ``"inverse_distance"``
             (all ``c' ≠ c`` weighted by ``1/d_X``, 0 where ``d_X = 0``; params ignored).
         params: ε or k values; all are served by one chunked pass over the pairs.
         metric: position distance ``d_X``: ``"cosine"`` (``1 − cos``) or ``"euclidean"``.
-        exact_repro: reproduce the authors' ``energy_finetuning_ball.py`` (ball only): each point is
-            in its own ball (so an isolated point scores 0), zero vectors follow scikit-learn's
-            ``paired_cosine_distances`` (0.5 to a non-zero vector, 0 to a zero one), energy = plain
-            mean over all points; computed in float64.
-        max_neighbours: ball only: cap m on the row length; a row with more than m entries keeps m
-            of them drawn per ε from a fresh ``np.random.RandomState(seed)`` (see
-            :func:`fr_invariance.metrics.neighbours.ball_means` for the exact draw order).
-        seed: seed of the cap draw.
+        exact_repro: reproduce the authors' ``energy_finetuning_ball.py`` (ball, cosine only), see
+            :mod:`fr_invariance.metrics.exact_repro`: each point is in its own ball (an isolated point
+            scores 0), zero vectors follow scikit-learn's ``paired_cosine_distances`` (0.5 to a non-zero
+            vector, 0 to a zero one), energy = plain mean over all points, float32 like the script; runs
+            on the CPU with numpy.
+        max_neighbours: ball only: cap m on the row length. Default mode: a vectorised uniform random
+            m-subset per row, seeded by ``seed`` (see :func:`fr_invariance.metrics.neighbours.ball_means`).
+            Exact mode: the script's per-row ``choice`` draws from ``random_state``, ε by ε.
+        seed: seed of the cap (default mode; exact mode: of a fresh ``RandomState`` when no
+            ``random_state`` is given).
         chunk_size: block side: ball without a cap and inverse_distance visit the upper triangle of
             ``chunk_size × chunk_size`` blocks (memory ``O(chunk_size²)``); knn and a capped ball visit
             chunks of ``chunk_size`` whole rows (memory ``O(chunk_size · C)``). Blocks hold at most
             2**24 pairs whatever ``chunk_size`` asks.
-        dtype: compute dtype; default float32, float64 when ``exact_repro``.
+        dtype: compute dtype of the default mode (default float32).
+        random_state: exact mode: the numpy stream the cap draws continue (the script's global stream,
+            shared across identities and attributes); consumed in place.
 
     Returns:
         One :class:`EnergyResult` per param, in the order given (one with ``param=None`` for
@@ -192,43 +216,52 @@ def alignment_energy(
     values = _check_params(neighbourhood, params)
     if exact_repro and neighbourhood != "ball":
         raise ValueError("exact_repro reproduces the authors' ball script only: use neighbourhood='ball'.")
-    if max_neighbours is not None and (neighbourhood != "ball" or max_neighbours < 1):
-        raise ValueError("max_neighbours caps ball rows only and must be >= 1 (None for no cap).")
+    if exact_repro and metric != "cosine":
+        raise ValueError("exact_repro reproduces the authors' script, which measures cosine distances only.")
+    if max_neighbours is not None and (neighbourhood != "ball" or int(max_neighbours) != max_neighbours
+                                       or max_neighbours < 1):
+        raise ValueError("max_neighbours caps ball rows only and must be an integer >= 1 (None for no cap).")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
 
-    compute_dtype = dtype or (torch.float64 if exact_repro else torch.float32)
     n_points = positions.shape[0]
-    vectors = vectors.to(device=positions.device, dtype=compute_dtype)
-    zero_vectors = (torch.linalg.vector_norm(vectors, dim=1) == 0).cpu()
-    if exact_repro or not zero_vectors.any():
+    zero_vectors = (torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) == 0).cpu()
+    if exact_repro:
+        stream = random_state if random_state is not None else np.random.RandomState(seed)
+        balls = script_ball(
+            positions.detach().cpu().numpy(), vectors.detach().cpu().numpy(), scale, values,
+            max_neighbours=None if max_neighbours is None else int(max_neighbours), rng=stream, chunk_size=chunk_size,
+        )
+        means = [NeighbourMeans(torch.from_numpy(b.per_point), torch.from_numpy(b.degree)) for b in balls]
         kept = torch.arange(n_points)
+        return [_result(neighbourhood, value, mean, n_points, kept, zero_vectors, True)
+                for value, mean in zip(values, means)]
+
+    compute_dtype = dtype or torch.float32
+    vectors = vectors.to(device=positions.device, dtype=compute_dtype)
+    kept = torch.nonzero(~zero_vectors).flatten()  # zero vectors leave the point set (no direction to compare)
+    if kept.numel() == n_points:
         kept_positions, kept_vectors = positions.to(compute_dtype), vectors
-    else:  # default mode: zero vectors leave the point set (no direction to compare)
-        kept = torch.nonzero(~zero_vectors).flatten()
+    else:
         kept_device = kept.to(positions.device)
         kept_positions, kept_vectors = positions[kept_device].to(compute_dtype), vectors[kept_device]
-
     pairs = PairBlocks(
         kept_positions,
         kept_vectors,
         metric=metric,
         chunk_size=chunk_size,
-        include_self=exact_repro,
         layers=len(values) if neighbourhood == "ball" else 1,
     )
     if neighbourhood == "ball":
-        means = ball_means(pairs, [eps * scale for eps in values], max_neighbours=max_neighbours, seed=seed)
+        max_cap = None if max_neighbours is None else int(max_neighbours)
+        means = ball_means(pairs, [eps * scale for eps in values], max_neighbours=max_cap, seed=seed)
     elif neighbourhood == "knn":
         means = knn_means(pairs, values)
     else:
         means = [inverse_distance_means(pairs)]
         values = [None]
-    if exact_repro:  # ½‖û − ŵ‖² >= 0; the Gram form can round an isolated point's 0 to -1e-16
-        means = [NeighbourMeans(mean=m.mean.clamp(0.0, 2.0), degree=m.degree) for m in means]
-
     return [
-        _result(neighbourhood, value, mean, n_points, kept, zero_vectors, exact_repro)
+        _result(neighbourhood, value, mean, n_points, kept, zero_vectors, False)
         for value, mean in zip(values, means)
     ]
 
