@@ -1,4 +1,5 @@
-"""The invariance pipeline: embed → energies → tidy rows; paper-layout input; embedding cache; report."""
+"""The invariance pipeline: EnergyProbe embeds → energies → tidy rows; paper-layout input; embedding cache;
+report pieces."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from fr_invariance.evaluation.invariance import (
     InvarianceConfigError,
     identity_names,
     invariance_rows,
-    measure_invariance,
     measure_invariance_from_embeddings,
 )
 from fr_invariance.evaluation.plots import paired_model_comparisons
-from fr_invariance.evaluation.report import write_report
-from fr_invariance.metrics.energy import mean_pair_distance
+from fr_invariance.evaluation.probe import EnergyProbe
+from fr_invariance.evaluation.report import render_markdown
+from fr_invariance.metrics.energy import displacement_magnitude, mean_pair_distance
 from fr_invariance.metrics.stats import holm_correction
 from fr_invariance.models import create_backbone
 from fr_invariance.models.preprocess import to_model_input
@@ -60,6 +61,12 @@ def design():
     return sampled_design(N_CURVES, step=0.25, nuisance=0.5, seed=0)
 
 
+def probe(n_identities: int, energy: EnergySettings) -> EnergyProbe:
+    """The probe whose design is the ``design`` fixture's."""
+    return EnergyProbe(n_identities=n_identities, identity_seed=IDENTITY_SEED, n_curves=N_CURVES, step=0.25,
+                       nuisance=0.5, design_seed=0, energy=energy, batch_size=100)
+
+
 @pytest.fixture(scope="module")
 def energy() -> EnergySettings:
     return EnergySettings(neighbourhood="ball", params=PARAMS)
@@ -67,8 +74,7 @@ def energy() -> EnergySettings:
 
 @pytest.fixture(scope="module")
 def rendered_rows(backbone, design, energy) -> pd.DataFrame:
-    return measure_invariance(backbone, design, n_identities=N_IDENTITIES, identity_seed=IDENTITY_SEED,
-                              energy=energy, batch_size=100, run="tiny", epoch=3)
+    return probe(N_IDENTITIES, energy).measure(backbone, image_size=SIZE, run="tiny", epoch=3)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +130,11 @@ def test_energies_match_definition(rendered_rows, direct_embeddings, design):
                 row = rows[rows["param"] == param].iloc[0]
                 expected = _dense_ball_energy(positions, vectors, param * scale)
                 np.testing.assert_allclose(row["energy"], expected, rtol=1e-3, atol=2e-4, equal_nan=True)
-            magnitude = np.linalg.norm(vectors, axis=1).mean() / scale
+            start, end = torch.from_numpy(embeddings[idx0]), torch.from_numpy(embeddings[idx2])
+            magnitude = float(displacement_magnitude(start, end, scale, "cosine").mean())
+            cosine = (embeddings[idx0] * embeddings[idx2]).sum(1) / (
+                np.linalg.norm(embeddings[idx0], axis=1) * np.linalg.norm(embeddings[idx2], axis=1))
+            np.testing.assert_allclose(magnitude, (1 - cosine).mean() / scale, rtol=1e-5)
             np.testing.assert_allclose(rows["magnitude"].iloc[0], magnitude, rtol=1e-3)
 
 
@@ -138,16 +148,13 @@ def test_from_embeddings_equals_render_path(rendered_rows, direct_embeddings, de
 
 def test_cache_is_reused_without_embedding(backbone, design, energy, rendered_rows, tmp_path):
     counting = CountingBackbone(backbone)
-    first = measure_invariance(counting, design, n_identities=1, identity_seed=IDENTITY_SEED, energy=energy,
-                               cache_dir=tmp_path, run="tiny", epoch=3)
+    first = probe(1, energy).measure(counting, image_size=SIZE, cache_dir=tmp_path, run="tiny", epoch=3)
     n_images = design.controls.shape[0]
     assert counting.images_seen == n_images
     assert (tmp_path / "df_param_step.csv").is_file() and (tmp_path / "id_00000.npy").is_file()
-    second = measure_invariance(counting, design, n_identities=N_IDENTITIES, identity_seed=IDENTITY_SEED,
-                                energy=energy, cache_dir=tmp_path, run="tiny", epoch=3)
+    second = probe(N_IDENTITIES, energy).measure(counting, image_size=SIZE, cache_dir=tmp_path, run="tiny", epoch=3)
     assert counting.images_seen == 2 * n_images  # only the second identity was embedded
-    again = measure_invariance(counting, design, n_identities=N_IDENTITIES, identity_seed=IDENTITY_SEED,
-                               energy=energy, cache_dir=tmp_path, run="tiny", epoch=3)
+    again = probe(N_IDENTITIES, energy).measure(counting, image_size=SIZE, cache_dir=tmp_path, run="tiny", epoch=3)
     assert counting.images_seen == 2 * n_images  # fully cached: nothing embedded
     pd.testing.assert_frame_equal(again, second)
     pd.testing.assert_frame_equal(second.iloc[: len(first)], first)
@@ -155,10 +162,10 @@ def test_cache_is_reused_without_embedding(backbone, design, energy, rendered_ro
 
 
 def test_cache_of_another_model_is_refused(backbone, design, energy, tmp_path):
-    measure_invariance(backbone, design, n_identities=1, energy=energy, cache_dir=tmp_path)
+    probe(1, energy).measure(backbone, image_size=SIZE, cache_dir=tmp_path)
     other = create_backbone("tiny", input_size=SIZE)
     with pytest.raises(InvarianceConfigError, match="different model"):
-        measure_invariance(other, design, n_identities=1, energy=energy, cache_dir=tmp_path)
+        probe(1, energy).measure(other, image_size=SIZE, cache_dir=tmp_path)
 
 
 def test_embed_images_restores_mode_and_is_batch_independent(backbone):
@@ -224,12 +231,6 @@ def test_paired_comparisons_and_report(rendered_rows, tmp_path):
         family = comparisons[comparisons["param"] == param]
         np.testing.assert_allclose(family["p_holm"], holm_correction(family["p_value"].to_numpy()))
     assert (comparisons["median_difference"] < 0).all()  # run_a ("tiny") − run_b ("shifted")
-    paths = write_report(both, tmp_path, settings={"neighbourhood": "ball"})
-    assert {p.name for p in tmp_path.iterdir()} == {"energies.csv", "violin.png", "profile.png", "stats.csv",
-                                                    "report.md"} == set(paths)
-    text = (tmp_path / "report.md").read_text()
+    text = render_markdown(both, comparisons)
     assert "shifted" in text and "Paired tests" in text and "ε = 0.6" in text
     assert "smallest attainable Wilcoxon p-value is 0.5" in text  # 2 identities
-    stats = pd.read_csv(tmp_path / "stats.csv")
-    assert list(stats.columns) == list(comparisons.columns)
-    np.testing.assert_allclose(stats["p_holm"], comparisons["p_holm"])

@@ -1,12 +1,8 @@
 """The invariance measurement pipeline: curve embeddings → per identity × attribute × param energy rows.
 
-Two entry points share one code path:
-
-- :func:`measure_invariance` renders a :class:`~fr_invariance.synth.designs.CurveDesign` for held-out
-  identities (``sample_identities(n, seed)``), embeds every image with a backbone and measures;
-  with ``cache_dir`` the embeddings are stored in the paper layout and reused on the next call.
-- :func:`measure_invariance_from_embeddings` measures precomputed embeddings in the paper layout
-  (:class:`~fr_invariance.data.paper_format.PaperEmbeddings`: the paper's own data, or a cache).
+Two entry points share one code path: :func:`invariance_rows` measures in-memory embeddings (what
+:class:`~fr_invariance.evaluation.probe.EnergyProbe` embeds) and :func:`measure_invariance_from_embeddings`
+precomputed embeddings in the paper layout (:class:`~fr_invariance.data.paper_format.PaperEmbeddings`).
 
 Per identity, the scale d̄ is :func:`~fr_invariance.metrics.energy.mean_pair_distance` over ALL of that
 identity's embedded images (seeded, shared by every attribute); per attribute, positions are the centre
@@ -21,11 +17,8 @@ makes it. The default mode seeds every identity's draws on its own (adding an id
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,13 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fr_invariance.attributes import ATTRIBUTE_NAMES, validate_attributes
-from fr_invariance.data.paper_format import PaperEmbeddings, read_paper_embeddings, write_paper_embeddings
+from fr_invariance.data.paper_format import PaperEmbeddings
 from fr_invariance.errors import ConfigurationError
-from fr_invariance.evaluation.embed import embed_renders
 from fr_invariance.metrics.energy import alignment_energy, displacement_magnitude, mean_pair_distance, null_energy
 from fr_invariance.metrics.exact_repro import SCRIPT_DIMENSIONS, ScriptStreams, script_curve_selection, script_scale
-from fr_invariance.synth.designs import MOVING_DIMENSION, CurveDesign, curve_indices
-from fr_invariance.synth.identity import sample_identities
+from fr_invariance.synth.designs import MOVING_DIMENSION, curve_indices
 
 INVARIANCE_COLUMNS: tuple[str, ...] = (
     "run", "epoch", "identity", "attribute", "neighbourhood", "param",
@@ -50,7 +41,6 @@ INVARIANCE_COLUMNS: tuple[str, ...] = (
 """Columns of every invariance table, in order (plus ``null_energy`` when the null baseline is on)."""
 
 NEIGHBOURHOODS: tuple[str, ...] = ("ball", "knn", "inverse_distance")
-CACHE_KEY_FILE = "cache_key.json"
 
 
 class InvarianceConfigError(ConfigurationError):
@@ -326,106 +316,3 @@ def measure_invariance_from_embeddings(
     """
     return _measure(source.identities, source.load, source.table, metric=metric, energy=energy,
                     attributes=attributes, run=run, epoch=epoch, progress=progress)
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's state_dict (names, shapes, dtypes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class _CacheKey:
-    """Everything the cached embeddings depend on."""
-
-    model: str
-    image_size: int
-    identity_seed: int
-    design: str = field(repr=False)
-
-    @classmethod
-    def of(cls, model: nn.Module, design: CurveDesign, image_size: int, identity_seed: int) -> _CacheKey:
-        digest = hashlib.sha256(design.controls.cpu().contiguous().numpy().tobytes())
-        digest.update(design.table.to_csv(index=False).encode())
-        return cls(model_fingerprint(model), image_size, identity_seed, digest.hexdigest())
-
-
-def _open_cache(cache_dir: Path, key: _CacheKey) -> list[str]:
-    """Create or check ``cache_dir``; return the identity names already cached there."""
-    key_file = cache_dir / CACHE_KEY_FILE
-    if key_file.exists():
-        stored = json.loads(key_file.read_text())
-        differing = [name for name, value in asdict(key).items() if stored.get(name) != value]
-        if differing:
-            raise InvarianceConfigError(
-                f"cache_dir {cache_dir} holds embeddings of a different {' / '.join(differing)}; "
-                "point cache_dir to a new folder (one per model) or delete the old one."
-            )
-        return sorted(path.stem for path in cache_dir.glob("*.npy"))
-    if cache_dir.exists() and any(cache_dir.iterdir()):
-        raise InvarianceConfigError(
-            f"cache_dir {cache_dir} is not empty and has no {CACHE_KEY_FILE}; use an empty or new folder."
-        )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(json.dumps(asdict(key), indent=1))
-    return []
-
-
-def measure_invariance(
-    model: nn.Module,
-    design: CurveDesign,
-    *,
-    n_identities: int = 8,
-    identity_seed: int = 10_000,
-    image_size: int | None = None,
-    energy: EnergySettings = EnergySettings(),
-    attributes: Sequence[str] | None = None,
-    batch_size: int = 256,
-    cache_dir: str | Path | None = None,
-    run: str = "",
-    epoch: int | None = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Render ``design`` for held-out identities, embed with ``model`` and measure every attribute.
-
-    Args:
-        model: a backbone (``forward`` takes [-1, 1] images; declares ``metric`` and ``input_size``);
-            rendering and embedding run on its device.
-        design: the curve design (e.g. ``sampled_design(...)``), the same for every identity.
-        n_identities, identity_seed: held-out identities ``sample_identities(n_identities, identity_seed)``.
-        image_size: rendered side in pixels (default ``model.input_size``).
-        cache_dir: if given, embeddings are written there in the paper layout (one ``.npy`` per
-            identity, ``df_param_step.csv``, ``cache_key.json``); identities already cached for the same
-            model weights, design, image size and identity seed are loaded instead of re-embedded.
-
-    Returns:
-        One row per identity × attribute × param, columns :data:`INVARIANCE_COLUMNS`.
-    """
-    if n_identities < 1:
-        raise InvarianceConfigError(f"n_identities must be positive, got {n_identities}.")
-    metric = declared_metric(model)
-    image_size = int(image_size or model.input_size)
-    names = identity_names(n_identities)
-    identities = sample_identities(n_identities, identity_seed)
-    cached: list[str] = []
-    if cache_dir is not None:
-        cache_dir = Path(cache_dir)
-        cached = _open_cache(cache_dir, _CacheKey.of(model, design, image_size, identity_seed))
-    embeddings: dict[str, torch.Tensor] = {}
-    for k, name in enumerate(tqdm(names, desc="identities", disable=not progress)):
-        if name in cached:
-            continue
-        embeddings[name] = embed_renders(model, identities[k : k + 1], design.controls, image_size=image_size,
-                                         batch_size=batch_size, progress=progress)[0]
-        if cache_dir is not None:
-            write_paper_embeddings(cache_dir, design.table, {name: embeddings[name].numpy()})
-    if cached:
-        stored = read_paper_embeddings(cache_dir)
-        embeddings.update({name: torch.from_numpy(stored.load(name)) for name in names if name in cached})
-    ordered = {name: embeddings[name] for name in names}
-    return invariance_rows(ordered, design.table, metric=metric, energy=energy, attributes=attributes,
-                           run=run, epoch=epoch, progress=progress)

@@ -21,11 +21,10 @@ from torch import nn
 
 from fr_invariance.data.paper_format import read_paper_embeddings, write_paper_embeddings
 from fr_invariance.evaluation.embed import embed_images, embed_renders, iter_renders, model_device
+from fr_invariance.evaluation.embedding_cache import CacheKey, open_cache
 from fr_invariance.evaluation.invariance import (
     EnergySettings,
     InvarianceConfigError,
-    _CacheKey,
-    _open_cache,
     declared_metric,
     identity_names,
     invariance_rows,
@@ -151,17 +150,27 @@ class EnergyProbe:
 
     def embed_cached(self, backbone: nn.Module, cache_dir: str | Path, *, image_size: int | None = None,
                      progress: bool = False) -> dict[str, torch.Tensor]:
-        """As :meth:`embed`, reusing / storing the embeddings in ``cache_dir`` (paper layout + a key file
-        naming the weights, design, image size and identities; a different key is an error)."""
+        """As :meth:`embed`, reusing / storing the embeddings in ``cache_dir`` (paper layout + a key file naming
+        the weights, design, image size and identities; a different key is an error). Only identities not yet
+        in the cache are embedded."""
         image_size = int(image_size or backbone.input_size)
         cache_dir = Path(cache_dir)
-        cached = _open_cache(cache_dir, _CacheKey.of(backbone, self.design, image_size, self.identity_seed))
-        if all(name in cached for name in self.names):
+        cached = set(open_cache(cache_dir, CacheKey.of(backbone, self.design, image_size, self.identity_seed)))
+        missing = [k for k, name in enumerate(self.names) if name not in cached]
+        embeddings: dict[str, torch.Tensor] = {}
+        if len(missing) == self.n_identities:
+            embeddings = self.embed(backbone, image_size=image_size, progress=progress)
+        elif missing:
+            fresh = embed_renders(backbone, self.identities[missing], self.design.controls, image_size=image_size,
+                                  batch_size=self.batch_size, progress=progress)
+            embeddings = {self.names[k]: fresh[j] for j, k in enumerate(missing)}
+        if embeddings:
+            write_paper_embeddings(cache_dir, self.design.table, {k: v.numpy() for k, v in embeddings.items()})
+        if cached:
             stored = read_paper_embeddings(cache_dir)
-            return {name: torch.from_numpy(np.asarray(stored.load(name), dtype=np.float32)) for name in self.names}
-        embeddings = self.embed(backbone, image_size=image_size, progress=progress)
-        write_paper_embeddings(cache_dir, self.design.table, {k: v.numpy() for k, v in embeddings.items()})
-        return embeddings
+            embeddings.update({name: torch.from_numpy(np.asarray(stored.load(name), dtype=np.float32))
+                               for name in self.names if name in cached})
+        return {name: embeddings[name] for name in self.names}
 
     # -- measurement ----------------------------------------------------------------------------------
     def rows(self, embeddings: Mapping[str, torch.Tensor | np.ndarray], *, metric: str, run: str = "",

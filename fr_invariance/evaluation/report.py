@@ -10,12 +10,9 @@ import pandas as pd
 from fr_invariance.evaluation.plots import (
     stars,
     attributes_of,
-    paired_model_comparisons,
     params_of,
-    profile_plot,
     rows_at,
     runs_of,
-    violin_plot,
 )
 
 INTRO = (
