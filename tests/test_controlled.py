@@ -27,7 +27,7 @@ def test_controlled_smoke_writes_the_sweep_report(sweep):
     effects = pd.read_csv(sweep / "report" / "effects.csv")
     assert {"setting", "arm", "attribute", "family", "delta", "p_holm", "delta_mean", "delta_sd",
             "control_spread", "exceeds_control_spread", "ratio"} <= set(effects.columns)
-    assert set(effects["setting"]) == {"ball 0.6", "knn k10", "magnitude"}
+    assert set(effects["setting"]) == {"ball 0.6", "knn k5", "magnitude"}
     targeted = effects[effects["family"] == "targeted"]
     assert set(targeted["arm"]) == {"head_angle@1", "contrast@1"}
     assert (targeted["n_seeds"] == 2).all()

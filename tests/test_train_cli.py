@@ -20,7 +20,7 @@ TINY = [
     "data.val_pairs=40",
     "trainer.max_epochs=2",
 ]
-SMALL_INVARIANCE = ["invariance.n_identities=2", "invariance.n_curves=8"]
+SMALL_INVARIANCE = ["probe.n_identities=2", "probe.n_curves=8", "energy.n_pairs=2000", "energy.knn=[4]"]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_evaluate_reports_on_the_trained_checkpoint(trained_run, tmp_path):
     _, summary = trained_run
     out = tmp_path / "report"
     result = run_entry_point(
-        "evaluate.py", f"checkpoint={summary['last_checkpoint']}", f"output_dir={out}", "design.n_identities=2",
-        "design.n_curves=8", "energy.n_pairs=2000", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
+        "evaluate.py", f"checkpoint={summary['last_checkpoint']}", f"output_dir={out}", "probe.n_identities=2",
+        "probe.n_curves=8", "energy.n_pairs=2000", "energy.knn=[4]", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
     )
     assert {p.name for p in out.iterdir()} >= {"energies.csv", "violin.png", "profile.png", "report.md"}
     rows = pd.read_csv(out / "energies.csv")

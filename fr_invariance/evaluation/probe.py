@@ -68,9 +68,9 @@ class EnergyProbe:
     def __init__(
         self,
         *,
-        n_identities: int = 16,
+        n_identities: int = 64,
         identity_seed: int = 10_000,
-        n_curves: int = 48,
+        n_curves: int = 12,
         step: float = 0.25,
         nuisance: float = 0.5,
         attributes: Sequence[str] | None = None,
