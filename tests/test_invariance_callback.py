@@ -150,19 +150,31 @@ def test_tensorboard_layout_and_epoch_steps(tmp_path):
 
     board = TensorBoardLogger(tmp_path, name="tb", version="", default_hp_metric=False)
     fit(tmp_path, InvarianceCallback(small_probe()), with_validation=True, loggers=[board])
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    assert "hp_metric" not in events.Tags()["scalars"]
-    for tag in ("invariance/contrast/energy@0.6", "invariance/contrast/energy@0.6_lo", "invariance/contrast/magnitude",
-                "invariance/reference/zero", "invariance/reference/random_directions"):
-        assert [event.step for event in events.Scalars(tag)] == [-1, 0, 1], tag  # x = epoch, not global step
+
+    def events(run: str) -> EventAccumulator:
+        accumulator = EventAccumulator(str(tmp_path / "tb" / run), size_guidance={"scalars": 0, "tensors": 0})
+        accumulator.Reload()
+        return accumulator
+
+    main = events("")
+    assert "hp_metric" not in main.Tags()["scalars"]
     layout = layout_pb2.Layout()
-    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    layout.ParseFromString(main.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {chart.title: chart for category in layout.category for chart in category.chart}
-    assert {"energy vs epoch (0.6)", "energy vs epoch (k4)", "magnitude vs epoch", "verification accuracy"} <= set(charts)
-    assert "invariance/reference/.*" in charts["energy vs epoch (0.6)"].multiline.tag
-    assert charts["contrast energy@0.6"].margin.series[0].lower == "invariance/contrast/energy@0.6_lo"
-    assert charts["contrast magnitude"].margin.series[0].upper == "invariance/contrast/magnitude_hi"
+    assert set(charts) == {"energy vs epoch (0.6)", "energy vs epoch (1)", "energy vs epoch (k4)",
+                           "magnitude vs epoch", "verification accuracy"}
+    band = charts["energy vs epoch (0.6)"].margin.series[0]
+    assert (band.value, band.lower, band.upper) == ("invariance/energy@0.6", "invariance/energy@0.6_lo",
+                                                    "invariance/energy@0.6_hi")
+    for attribute in ATTRIBUTES:  # one sub-run (one line) per attribute, x = epoch, not global step
+        run = events(f"attr_{attribute}")
+        for tag in ("invariance/energy@0.6", "invariance/energy@0.6_lo", "invariance/energy@k4",
+                    "invariance/magnitude_hi"):
+            assert [event.step for event in run.Scalars(tag)] == [-1, 0, 1], (attribute, tag)
+        value, low = (run.Scalars(t)[-1].value for t in ("invariance/energy@0.6", "invariance/energy@0.6_lo"))
+        assert low < value
+    assert [e.value for e in events("reference_random_directions").Scalars("invariance/energy@0.6")] == [1.0] * 3
+    assert [e.value for e in events("reference_zero").Scalars("invariance/energy@k4")] == [0.0] * 3
 
 
 def test_wandb_defines_the_epoch_axis_once_and_logs_the_combined_charts_once(tmp_path, monkeypatch):
@@ -196,3 +208,15 @@ def _settled_bytes(path: Path, timeout: float = 60.0) -> bytes:
             break
         size = path.stat().st_size
     return path.read_bytes()
+
+
+def test_verification_metrics_per_validation_set():
+    from fr_invariance.training.invariance_callback import verification_metrics
+
+    logged = {"val/ordinary/acc": torch.tensor(0.9), "val/ordinary/threshold": torch.tensor(1.2),
+              "val/vary_hue/tar@far1e-3": torch.tensor(0.5), "val_verification_acc": torch.tensor(0.9),
+              "train/loss": torch.tensor(1.0)}
+    assert verification_metrics(logged) == pytest.approx({"verification/ordinary/acc": 0.9,
+                                                          "verification/vary_hue/tar@far1e-3": 0.5})
+    assert verification_metrics({"val_verification_acc": torch.tensor(0.7)}) == pytest.approx(
+        {"verification/main/acc": 0.7})

@@ -128,12 +128,14 @@ def _first_label(probe: EnergyProbe) -> str:
 
 
 def verification_metrics(callback_metrics: Mapping[str, object]) -> dict[str, float]:
-    """The epoch's held-out accuracies as ``verification/<name>`` (``val/lfw/acc`` → ``verification/lfw/acc``,
-    ``val_verification_acc`` → ``verification/acc``)."""
+    """The epoch's held-out accuracy and TAR@FAR per validation set: ``val/<set>/acc`` →
+    ``verification/<set>/acc`` (likewise ``tar@far1e-3``); a bare ``val_verification_acc`` →
+    ``verification/main/acc``."""
     metrics = {}
     for key, value in callback_metrics.items():
-        if not key.startswith("val") or key.endswith("_std"):
-            continue
-        name = "acc" if key == "val_verification_acc" else key.removeprefix("val/").removeprefix("val_")
-        metrics[f"verification/{name}"] = float(value)
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "val" and parts[2] in ("acc", "tar@far1e-3"):
+            metrics[f"verification/{parts[1]}/{parts[2]}"] = float(value)
+    if not metrics and "val_verification_acc" in callback_metrics:
+        metrics["verification/main/acc"] = float(callback_metrics["val_verification_acc"])
     return metrics
