@@ -1,21 +1,31 @@
 """Throughput and peak memory of the synthetic face renderer.
 
-    /work/venv/bin/python benchmarks/render.py [--batch 256] [--size 112] [--repeats 5] [--naive 64]
+    python benchmarks/render.py [--batch 256] [--size 112] [--repeats 5] [--naive 64] [--reference GIT_REF]
 
 Measures batched ``render`` (random identities, random controls in [-1, 1]) and, as the baseline in the
 same run, the naive per-image loop (one ``render`` call per image), for each torch thread count given
-(default: torch's default and 1; the best is the headline ``images_per_s``). Peak memory is the process's peak
-resident set size (``VmHWM`` from ``/proc/self/status``), which covers torch's allocations. The last line
-is one JSON object.
+(default: torch's default and 1; the best is the headline ``images_per_s``). With ``--reference``, the
+renderer of that git commit is loaded from ``git archive`` under another package name and timed alternately
+with the current one on the same batch (``reference_images_per_s``, ``ratio_to_reference``): on a shared,
+noisy machine the ratio is what to read. Peak memory is the process's peak resident set size (``VmHWM``
+from ``/proc/self/status``), which covers torch's allocations. The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -35,6 +45,39 @@ def proc_status_mb(field: str) -> float:
 
 def random_controls(n: int, seed: int) -> torch.Tensor:
     return torch.rand(n, NUM_ATTRIBUTES, generator=torch.Generator().manual_seed(seed)) * 2.0 - 1.0
+
+
+REFERENCE_PACKAGE = "fr_reference"
+
+
+def reference_render(ref: str) -> Callable[..., torch.Tensor]:
+    """``render`` of git commit ``ref``: its ``fr_invariance`` tree, extracted with ``git archive`` into a
+    temporary folder and renamed ``fr_reference`` (imports rewritten) so that it loads beside the current one."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "archive", ref, "fr_invariance"], cwd=repo, capture_output=True, check=True).stdout
+    root = Path(tempfile.mkdtemp(prefix="render_reference_"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    (root / "fr_invariance").rename(root / REFERENCE_PACKAGE)
+    for path in (root / REFERENCE_PACKAGE).rglob("*.py"):
+        path.write_text(path.read_text().replace("fr_invariance", REFERENCE_PACKAGE))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"{REFERENCE_PACKAGE}.synth.render").render
+
+
+def time_alternating(renders: dict[str, Callable[..., torch.Tensor]], batch: int, size: int, repeats: int) -> dict[str, float]:
+    """Median images/s of each renderer, timed alternately on the same batch (after one warm-up each)."""
+    identities = sample_identities(batch, seed=0)
+    controls = random_controls(batch, seed=0)
+    seconds: dict[str, list[float]] = {name: [] for name in renders}
+    for function in renders.values():
+        function(identities, controls, size)
+    for _ in range(repeats):
+        for name, function in renders.items():
+            start = time.perf_counter()
+            function(identities, controls, size)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(values) for name, values in seconds.items()}
 
 
 def time_batched(batch: int, size: int, repeats: int) -> list[float]:
@@ -69,15 +112,23 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=64, help="images for the per-image-loop baseline")
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
                         help="torch intra-op thread counts to measure (the best one is the headline)")
+    parser.add_argument("--reference", default=None,
+                        help="git commit whose renderer is timed alternately with this one (e.g. HEAD~1)")
     args = parser.parse_args()
+    reference = reference_render(args.reference) if args.reference else None
 
     load = os.getloadavg()
     rss_before = proc_status_mb("VmRSS")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
           " (the machine is shared with other jobs: OpenMP threads contend when it is oversubscribed)")
-    results = {}
+    results, ratios = {}, {}
     for threads in dict.fromkeys(args.threads):
         torch.set_num_threads(threads)
+        if reference is not None:
+            pair = time_alternating({"current": render, "reference": reference}, args.batch, args.size, args.repeats)
+            ratios[threads] = (pair["reference"], pair["current"] / pair["reference"])
+            print(f"{threads} thread(s): alternating with the renderer of {args.reference}: current {pair['current']:.1f}, "
+                  f"reference {pair['reference']:.1f} images/s -> ratio {ratios[threads][1]:.2f}")
         seconds = time_batched(args.batch, args.size, args.repeats)
         naive_seconds = time_naive(args.naive, args.size)
         results[threads] = (args.batch / statistics.median(seconds), args.naive / naive_seconds)
@@ -100,6 +151,9 @@ def main() -> None:
         "batch": args.batch,
         "size": args.size,
         "load_avg_1min": round(load[0], 2),
+        "reference": args.reference,
+        "reference_images_per_s_by_threads": {str(k): round(v[0], 1) for k, v in ratios.items()},
+        "ratio_to_reference_by_threads": {str(k): round(v[1], 3) for k, v in ratios.items()},
     }))
 
 

@@ -25,7 +25,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def test_registry_lists_every_backbone() -> None:
     assert available_backbones() == sorted(
-        ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "tiny"]
+        ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "mobilefacenet", "tiny", "sface",
+         "dlib_resnet"]
     )
 
 

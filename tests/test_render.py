@@ -8,10 +8,19 @@ import pytest
 import torch
 
 from fr_invariance.attributes import ATTRIBUTE_NAMES, NUM_ATTRIBUTES, attribute_index
+from fr_invariance.synth import arcface_template, landmarks
 from fr_invariance.synth.contact_sheet import LEVELS, contact_sheet, sheet_controls
 from fr_invariance.synth.face_geometry import PixelGrid, Profile, cast_profiled_ellipse
-from fr_invariance.synth.face_params import HAIR_COLOUR_PATH, colour_on_path, hair_path_position
-from fr_invariance.synth.identity import IDENTITY_PARAM_NAMES, NUM_IDENTITY_PARAMS, sample_identities
+from fr_invariance.synth.face_params import (
+    HAIR_COLOUR_PATH,
+    colour_on_path,
+    hair_path_position,
+)
+from fr_invariance.synth.identity import (
+    IDENTITY_PARAM_NAMES,
+    NUM_IDENTITY_PARAMS,
+    sample_identities,
+)
 from fr_invariance.synth.render import RenderInputError, render, render_with_masks
 
 SIZE = 56
@@ -236,6 +245,127 @@ def test_identities_differ_more_than_small_nuisance_changes():
     jittered = render(ids.repeat_interleave(repeats, dim=0), nuisance, SIZE).flatten(1)
     within = (jittered - neutral.repeat_interleave(repeats, dim=0)).norm(dim=1).mean()
     assert between > 3.0 * within, (float(between), float(within))
+
+
+# --- alignment: landmarks on the ArcFace template, and where the features render ---------------------------
+
+
+def _rms(points: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((points - reference).square().sum(dim=-1).mean().sqrt())
+
+
+def test_mean_identity_landmarks_sit_on_the_arcface_template():
+    mean_identity = torch.zeros(1, NUM_IDENTITY_PARAMS)
+    at_112 = landmarks(mean_identity, controls_with(1), 112)[0]
+    assert at_112.shape == (5, 2)
+    assert _rms(at_112, arcface_template(112)) < 1.5, at_112
+    for size in (56, 224):
+        scaled = landmarks(mean_identity, controls_with(1), size)[0]
+        assert _rms(scaled, arcface_template(size)) < 1.5 * size / 112, (size, scaled)
+        assert torch.allclose(scaled, at_112 * size / 112, atol=1e-4)
+    # Image-level attributes do not move features.
+    assert torch.equal(landmarks(mean_identity, controls_with(1, brightness=1.0, hue=-0.5), 112)[0], at_112)
+
+
+def test_identities_vary_around_the_template():
+    points = landmarks(sample_identities(200, seed=12), controls_with(200), 112)
+    spread = points.std(dim=0)
+    assert torch.all(spread[:, 1] > 0.5) and torch.all(spread[[0, 1, 3, 4], 0] > 0.5), spread  # features move...
+    assert float(spread[2, 0]) < 1e-4  # ...except that the nose tip stays on the face's mid-line
+    assert _rms(points.mean(dim=0), arcface_template(112)) < 1.5  # ...around the template
+    eye_spacing = points[:, 1, 0] - points[:, 0, 0]
+    assert float(eye_spacing.min()) > 28.0 and float(eye_spacing.max()) < 43.0
+
+
+def test_landmarks_follow_head_angle_and_expression():
+    ids = sample_identities(3, seed=13)
+    neutral = landmarks(ids, controls_with(3), 112)
+    turned = landmarks(ids, controls_with(3, head_angle=1.0), 112)
+    assert torch.all(turned[:, :, 0] > neutral[:, :, 0] + 3.0)  # t = +1 turns the face to the image's right
+    assert torch.allclose(turned[:, :, 1], neutral[:, :, 1])  # yaw keeps rows
+    smile = landmarks(ids, controls_with(3, expression=1.0), 112)
+    width = lambda p: p[:, 4, 0] - p[:, 3, 0]
+    assert torch.all(width(smile) > width(neutral) + 2.0) and torch.all(smile[:, 3:, 1] < neutral[:, 3:, 1] - 1.0)
+
+
+def _dark_centroid_offsets(luma: torch.Tensor, points: torch.Tensor, window) -> torch.Tensor:
+    """Per face and landmark: offset (dx, dy) from the landmark of the centroid of the darkest 30 % (by
+    range) of pixels in a window around it. ``window(dx, dy)`` selects pixel-centre offsets."""
+    size = luma.shape[-1]
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    offsets = torch.zeros(points.shape)
+    for i in range(points.shape[0]):
+        for k in range(points.shape[1]):
+            dx, dy = xx - points[i, k, 0], yy - points[i, k, 1]
+            inside = window(dx, dy)
+            values = luma[i][inside]
+            dark = values < values.min() + 0.3 * (values.max() - values.min())
+            offsets[i, k] = torch.stack((dx[inside][dark].mean(), dy[inside][dark].mean()))
+    return offsets
+
+
+@pytest.mark.parametrize("head_angle", [-1.0, -0.5, 0.0, 0.5, 1.0])
+def test_features_render_where_the_landmarks_say(head_angle):
+    """Pupils are the darkest spot around the eye landmarks; the nostrils sit just under the nose tip; the
+    dark mouth line ends at the mouth corners (centroid of the dark pixels in a 4 px disc)."""
+    size = 112
+    ids = torch.cat([torch.zeros(1, NUM_IDENTITY_PARAMS), sample_identities(7, seed=21)])
+    controls = controls_with(8, head_angle=head_angle)
+    images, masks = render_with_masks(ids, controls, size)
+    points = landmarks(ids, controls, size)
+    y = luma(images)
+    eyes = _dark_centroid_offsets(y, points[:, :2], lambda dx, dy: dx * dx + dy * dy < 25.0)
+    assert float(eyes.norm(dim=-1).max()) < 2.5, eyes
+    pupil = torch.stack([y[i, points[i, k, 1].long(), points[i, k, 0].long()] for i in range(8) for k in range(2)])
+    assert float(pupil.max()) < 0.2, pupil  # the landmark pixel itself is pupil / iris
+    nose = _dark_centroid_offsets(y, points[:, 2:3], lambda dx, dy: (dx.abs() < 7) & (dy > -1) & (dy < 7))[:, 0]
+    assert float(nose[:, 0].abs().max()) < 2.0 and float(nose[:, 1].min()) > 1.0 and float(nose[:, 1].max()) < 4.5, nose
+    mouth = _dark_centroid_offsets(y, points[:, 3:], lambda dx, dy: dx * dx + dy * dy < 16.0)
+    assert float(mouth.norm(dim=-1).max()) < 3.6, mouth  # of at most 4 px: the dark mouth line is around it
+    # A landmark 6 px off would fail: the eye window moved right by 6 px does not centre on the pupil.
+    shifted = _dark_centroid_offsets(y, points[:, :2] + torch.tensor([6.0, 0.0]), lambda dx, dy: dx * dx + dy * dy < 25.0)
+    assert float(shifted.norm(dim=-1).max()) > 2.5
+    # Nothing tested is hidden by hair.
+    hair = torch.stack([masks["hair"][i, points[i, :, 1].long(), points[i, :, 0].long()] for i in range(8)])
+    assert float(hair.max()) < 0.5
+
+
+def test_no_hair_flap_across_the_face_at_full_yaw():
+    """At yaw +-1 the side hair stops at the temples: the near cheek (beside and below the outer corner of the
+    eye on the side turned towards the camera) shows skin, for every hairstyle."""
+    ids = sample_identities(24, seed=22)
+    for value in (-1.0, 1.0):
+        controls = controls_with(24, head_angle=value)
+        _, masks = render_with_masks(ids, controls, 112)
+        points = landmarks(ids, controls, 112)
+        # t = +1 turns the face to the image's right: the side of the head faces the camera on the left.
+        eye, outward = (points[:, 0], -1.0) if value > 0 else (points[:, 1], 1.0)
+        cheek = eye + torch.tensor([6.0 * outward, 10.0])
+        for i in range(24):
+            x, y = int(cheek[i, 0]), int(cheek[i, 1])
+            assert float(masks["hair"][i, y - 2 : y + 3, x - 2 : x + 3].max()) < 0.05, (i, value)
+            assert float(masks["skin"][i, y - 2 : y + 3, x - 2 : x + 3].min()) > 0.95, (i, value)
+
+
+def _hard_steps(mask: torch.Tensor) -> torch.Tensor:
+    """Per image: neighbouring pixel pairs (vertical or horizontal) that jump from < 0.05 to > 0.95 coverage."""
+    def jumps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (((a < 0.05) & (b > 0.95)) | ((a > 0.95) & (b < 0.05))).sum(dim=(1, 2))
+
+    return jumps(mask[:, 1:], mask[:, :-1]) + jumps(mask[:, :, 1:], mask[:, :, :-1])
+
+
+@pytest.mark.parametrize("head_angle", [0.0, 1.0])
+def test_silhouette_and_hair_edges_are_anti_aliased(head_angle):
+    """Edges of any slope pass through partially covered pixels: few one-pixel jumps from background to
+    head-or-hair, or from skin to hair (a stair-stepped outline has one per row or column it crosses; the
+    renderer before analytic edge coverage had medians of 40 and 150 here)."""
+    ids = sample_identities(8, seed=23)
+    _, masks = render_with_masks(ids, controls_with(8, head_angle=head_angle), 112)
+    foreground = (masks["skin"] + masks["hair"]).clamp(0.0, 1.0)
+    assert float(_hard_steps(foreground).median()) < 25, _hard_steps(foreground)
+    assert float(_hard_steps(masks["hair"]).median()) < 70, _hard_steps(masks["hair"])
 
 
 # --- contact sheet and GPU ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import IO, Any
 import torch
 from torch.serialization import safe_globals
 
-from fr_invariance.errors import ConfigurationError, NotACheckpointError, UntrustedCheckpointError
+from fr_invariance.errors import ConfigurationError, MissingPathError, NotACheckpointError, UntrustedCheckpointError
 
 OPT_IN = "trust_checkpoint=true"
 
@@ -196,7 +196,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, mmap: bool = False
         raise ConfigurationError(f"trust_checkpoint must be true or false, got {trust!r}.")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingPathError(f"checkpoint file not found: {path}")
     mmap = mmap and zipfile.is_zipfile(path)
     if trust:
         try:

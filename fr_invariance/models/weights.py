@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fr_invariance.errors import NotACheckpointError
+from fr_invariance.errors import FrInvarianceError, MissingPathError, NotACheckpointError
 from fr_invariance.models.checkpoint_io import load_checkpoint
 
 FORMATS = ("auto", "insightface", "lightning", "adaface")
@@ -46,7 +46,7 @@ _ADAFACE_BLOCK = {
 _ADAFACE_BODY_KEY = re.compile(r"^body\.(\d+)\.(\w+\.\d+)\.(\w+)$")
 
 
-class WeightLoadingError(RuntimeError):
+class WeightLoadingError(FrInvarianceError, RuntimeError):
     """A checkpoint does not match the backbone; the message lists missing, unexpected and mis-shaped keys."""
 
 
@@ -194,7 +194,7 @@ def load_backbone_weights(
         raise ValueError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path} (set model.weights to an existing file)")
+        raise MissingPathError(f"backbone weights file not found: {path} (set model.weights to an existing file)")
     try:
         checkpoint = load_checkpoint(path, trust=trust_checkpoint)
     except NotACheckpointError as error:

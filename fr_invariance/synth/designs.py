@@ -9,8 +9,8 @@ embedding array, so the same design serves every identity and every model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from fr_invariance.attributes import (
     get_attribute,
     validate_attributes,
 )
+from fr_invariance.errors import ConfigurationError
 
 MOVING_DIMENSION: dict[str, str] = {
     "head_angle": "0",
@@ -43,7 +44,7 @@ TABLE_COLUMNS = ("id_curve", "moving_dimension", "param_step", "index")
 _ATTRIBUTE_OF_LABEL = {label: name for name, label in MOVING_DIMENSION.items()}
 
 
-class CurveDesignError(ValueError):
+class CurveDesignError(ConfigurationError):
     """Raised for a curve table that is inconsistent (missing steps, unknown dimension, ...)."""
 
 

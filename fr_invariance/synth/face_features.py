@@ -9,7 +9,9 @@ cost down and makes every pixel independent of the batch composition.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -23,12 +25,12 @@ TEETH = (0.88, 0.86, 0.80)
 BLUSH = (0.85, 0.35, 0.35)
 
 # Row bands (head-frame y ranges) that contain each feature for every identity and control.
-EYE_BAND = (-0.06, 0.22)
-BROW_BAND = (0.04, 0.36)
-FOREHEAD_BAND = (0.10, 0.75)
-FACIAL_HAIR_BAND = (-0.83, 0.0)
-NOSE_BAND = (-0.36, 0.14)
-MOUTH_BAND = (-0.62, -0.06)
+EYE_BAND = (-0.10, 0.20)
+BROW_BAND = (0.02, 0.33)
+FOREHEAD_BAND = (0.10, 0.72)
+FACIAL_HAIR_BAND = (-0.82, 0.02)
+NOSE_BAND = (-0.34, -0.10)
+MOUTH_BAND = (-0.78, -0.09)
 
 
 Number = float | torch.Tensor  # a constant or a per-face (N, 1, 1) trait
@@ -45,6 +47,13 @@ class Bump(NamedTuple):
 def coverage(distance: torch.Tensor, pixel: float) -> torch.Tensor:
     """Anti-aliased inside-ness of a signed distance (negative inside)."""
     return (0.5 - distance / pixel).clamp(0.0, 1.0)
+
+
+def band_limit(wavenumber: float, pixel: float) -> float:
+    """Amplitude left of a sinusoidal texture of ``wavenumber`` (radians per head unit) after a Gaussian
+    pre-filter of one half pixel (sigma): ``exp(-(k pixel)^2 / 8)``. Textures finer than the pixels fade
+    out instead of aliasing into moire."""
+    return math.exp(-((wavenumber * pixel) ** 2) / 8.0)
 
 
 def _rgb(colour: tuple[float, float, float], like: torch.Tensor) -> torch.Tensor:
@@ -67,10 +76,11 @@ def _crease(distance: torch.Tensor, width: float) -> torch.Tensor:
 
 def paint_eyes(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, t: Traits, pixel: float) -> torch.Tensor:
     """Sockets, sclera, iris, pupil, lashes, lid crease; age adds bags and crow's feet.
+    The pupil centre is ``(+-eye_x, eye_y)``; the lids open around a line ``0.15 * eye_open`` lower.
     Returns the eye-opening coverage ``(N, h, w)``."""
     half_width, opening = t["eye_half_width"], t["eye_open"]
     dx = fx.abs() - t["eye_x"]  # positive towards the outer corner
-    dy = fy - t["eye_y"] - t["eye_tilt"] * dx
+    dy = fy - (t["eye_y"] - 0.15 * opening) - t["eye_tilt"] * dx
     along = (1.0 - (dx / half_width) ** 2).clamp(min=0.0)
     upper = opening * along.sqrt() * 1.05
     lower = opening * 0.7 * along
@@ -126,9 +136,9 @@ def paint_forehead_wrinkles(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Te
 def paint_nose(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, t: Traits, pixel: float) -> None:
     """Nostrils and the shadow under the tip (the shape itself comes from the bump map)."""
     width = t["nose_half_width"]
-    dx = (fx.abs() - 0.5 * width) / 0.018
-    dy = (fy - t["nose_tip_y"] + 0.035) / 0.009
-    nostril = coverage((torch.sqrt(dx * dx + dy * dy) - 1.0) * 0.009, pixel)
+    dx = (fx.abs() - 0.5 * width) / 0.022
+    dy = (fy - t["nose_tip_y"] + 0.042) / 0.011
+    nostril = coverage((torch.sqrt(dx * dx + dy * dy) - 1.0) * 0.011, pixel)
     darken(albedo, 0.62 * nostril)
     wing = _crease(torch.sqrt((fx.abs() - 0.9 * width) ** 2 + (fy - t["nose_tip_y"] + 0.02) ** 2) - 0.025, 0.006)
     darken(albedo, 0.18 * wing * (fy < t["nose_tip_y"] - 0.005))
@@ -140,16 +150,22 @@ def paint_facial_hair(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, 
     amount = t["facial_hair"]
     ax = fx.abs()
     # Beard line: just above the mouth in the middle, rising along the cheeks towards the sideburns.
-    top = t["mouth_y"] + 0.06 + 0.55 * (ax - 0.12).clamp(min=0.0) ** 1.5 * (1.0 + amount)
+    top = t["mouth_y"] + 0.06 + 0.55 * (ax - 0.14).clamp(min=0.0) ** 1.5 * (1.0 + amount)
     beard = ((top - fy) / 0.03).clamp(0.0, 1.0)
-    # Moustache: between the nose and the upper lip (part of the beard once it is full).
-    moustache = ((t["nose_tip_y"] - 0.035 - fy) / 0.01).clamp(0.0, 1.0) * (
-        (t["mouth_half_width"] + 0.025 - ax) / 0.01
-    ).clamp(0.0, 1.0)
+    # Moustache: under the nose, widening down to the mouth corners (part of the beard once it is full).
+    nose_base = t["nose_tip_y"] - 0.05
+    drop = ((nose_base - fy) / (nose_base - t["mouth_y"])).clamp(0.0, 1.0)
+    half_width = t["nose_half_width"] + drop * (t["mouth_half_width"] + 0.02 - t["nose_half_width"])
+    moustache = ((nose_base - fy) / 0.015).clamp(0.0, 1.0) * ((half_width - ax) / 0.015).clamp(0.0, 1.0)
     region = torch.maximum(beard, moustache * (amount * 2.0 - 0.6).clamp(0.0, 1.0))
-    texture = 0.8 + 0.2 * torch.sin(350.0 * fx + 30.0 * torch.sin(70.0 * fy)) * torch.sin(290.0 * fy + 13.0 * fx)
     density = (amount * 2.0).clamp(max=1.0) * (0.45 + 0.5 * (amount - 0.5).clamp(min=0.0) * 2.0)
-    paint(albedo, region * texture * density, t["brow_colour"])
+    amplitude = 0.2 * band_limit(350.0, pixel)  # whiskers: only drawn where the pixels can resolve them
+    if amplitude > 0.02:
+        texture = torch.sin(350.0 * fx + 30.0 * torch.sin(70.0 * fy)) * torch.sin(290.0 * fy + 13.0 * fx)
+        region = region * (0.8 + amplitude * texture)
+    else:
+        region = region * 0.8
+    paint(albedo, region * density, t["brow_colour"])
 
 
 def paint_mouth(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, t: Traits, pixel: float) -> None:
@@ -158,11 +174,12 @@ def paint_mouth(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, t: Tra
     s = fx / half_width
     along = (1.0 - s * s).clamp(min=0.0)
     line = t["mouth_y"] + t["mouth_curve"] * s * s
-    opening = t["mouth_open"] * along**0.7
+    root = along.sqrt()
+    opening = t["mouth_open"] * root
     bow = 1.0 - 0.35 * torch.exp(-((fx / 0.02) ** 2))
     thickness = t["lip_thickness"]
-    upper_top = line + 0.3 * opening + 0.8 * thickness * along.sqrt() * bow
-    lower_bottom = line - 0.7 * opening - 1.1 * thickness * along.sqrt()
+    upper_top = line + 0.3 * opening + 0.8 * thickness * root * bow
+    lower_bottom = line - 0.7 * opening - 1.1 * thickness * root
     width_edge = fx.abs() - half_width
     lips = torch.maximum(torch.maximum(fy - upper_top, lower_bottom - fy), width_edge)
     paint(albedo, coverage(lips, pixel), t["lip_colour"])
@@ -176,12 +193,25 @@ def paint_mouth(albedo: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, t: Tra
     corner_y = t["mouth_y"] + t["mouth_curve"]
     start_x, start_y = t["nose_half_width"] + 0.02, t["nose_tip_y"]
     end_x, end_y = half_width + 0.03, corner_y - 0.03
-    fold = _crease(_segment_distance(fx.abs(), fy, start_x, start_y, end_x, end_y), 0.007)
+    fold = _crease(_curve_distance(fx.abs(), fy, start_x, start_y, end_x, end_y), 0.007)
     darken(albedo, (0.3 * t["smile"] + 0.3 * t["old"]) * fold)
-    marionette = _crease(_segment_distance(fx.abs(), fy, half_width + 0.005, corner_y - 0.02, half_width, corner_y - 0.1), 0.006)
-    darken(albedo, (0.25 * t["old"] + 0.3 * t["frown"]) * marionette)
-    blush = torch.exp(-(((fx.abs() - 0.24) / 0.08) ** 2) - ((fy - t["mouth_y"] - 0.15) / 0.06) ** 2)
+    marionette = _segment_distance(fx.abs(), fy, half_width + 0.005, corner_y - 0.02, half_width + 0.025, corner_y - 0.085)
+    darken(albedo, (0.25 * t["old"] + 0.3 * t["frown"]) * _crease(marionette, 0.006))
+    blush = torch.exp(-(((fx.abs() - 0.28) / 0.09) ** 2)) * torch.exp(-(((fy - t["nose_tip_y"] + 0.07) / 0.06) ** 2))
     paint(albedo, 0.12 * t["smile"] * blush, _rgb(BLUSH, albedo))
+
+
+def _curve_distance(
+    px: torch.Tensor, py: torch.Tensor, ax: torch.Tensor, ay: torch.Tensor, bx: torch.Tensor, by: torch.Tensor
+) -> torch.Tensor:
+    """Approximate distance from ``(px, py)`` to the outward-bowed curve ``x = ax + (bx - ax) sqrt(u)``,
+    ``u = (ay - y) / (ay - by)`` in ``[0, 1]`` (from ``a`` down to ``b``; a nasolabial fold): the horizontal gap
+    scaled by the chord's slope factor, growing past the ends."""
+    u = (ay - py) / (ay - by)
+    inside = u.clamp(0.0, 1.0)
+    gap = (px - ax - (bx - ax) * inside.sqrt()) * torch.rsqrt(1.0 + ((bx - ax) / (ay - by)) ** 2)
+    beyond = (u - inside) * (ay - by)
+    return torch.sqrt(gap * gap + beyond * beyond)
 
 
 def _segment_distance(
@@ -228,7 +258,7 @@ def _mirrored(part: BumpPart) -> BumpPart:
 
 
 def _nose_tip(fx: torch.Tensor, fy: torch.Tensor, t: Traits) -> tuple[torch.Tensor, torch.Tensor]:
-    return _gaussian(fx, fy, 0.0, t["nose_tip_y"], 0.8 * t["nose_half_width"], 0.04, 0.5 * t["nose_height"])
+    return _gaussian(fx, fy, 0.0, t["nose_tip_y"], 0.8 * t["nose_half_width"], 0.05, 0.5 * t["nose_height"])
 
 
 def _nose_wing(fx: torch.Tensor, fy: torch.Tensor, t: Traits) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,21 +271,21 @@ def _lower_lip(fx: torch.Tensor, fy: torch.Tensor, t: Traits) -> tuple[torch.Ten
 
 
 def _chin(fx: torch.Tensor, fy: torch.Tensor, t: Traits) -> tuple[torch.Tensor, torch.Tensor]:
-    return _gaussian(fx, fy, 0.0, t["mouth_y"] - 0.2, 0.07, 0.05, 0.02)
+    return _gaussian(fx, fy, 0.0, t["mouth_y"] - 0.19, 0.08, 0.05, 0.022)
 
 
 def _cheek(fx: torch.Tensor, fy: torch.Tensor, t: Traits) -> tuple[torch.Tensor, torch.Tensor]:
     """Cheeks, raised and rounded by a smile."""
-    return _gaussian(fx, fy, 0.23, t["mouth_y"] + 0.15 + 0.03 * t["smile"], 0.08, 0.06, 0.035 * t["smile"] + 0.01)
+    return _gaussian(fx, fy, 0.27, t["nose_tip_y"] - 0.03 + 0.03 * t["smile"], 0.09, 0.07, 0.035 * t["smile"] + 0.01)
 
 
 # (row band that holds the bump for every identity and control, gradient function of (fx, fy, traits))
 BUMP_PARTS: tuple[tuple[tuple[float, float], BumpPart], ...] = (
-    ((-0.33, 0.13), _nose_bridge),
-    ((-0.39, 0.03), _nose_tip),
-    ((-0.36, 0.0), _mirrored(_nose_wing)),
-    ((-0.54, -0.18), _lower_lip),
-    ((-0.80, -0.25), _chin),
-    ((-0.48, 0.13), _mirrored(_cheek)),
+    ((-0.35, 0.10), _nose_bridge),
+    ((-0.42, -0.02), _nose_tip),
+    ((-0.38, -0.07), _mirrored(_nose_wing)),
+    ((-0.72, -0.36), _lower_lip),
+    ((-1.0, -0.45), _chin),
+    ((-0.50, 0.08), _mirrored(_cheek)),
 )
 BUMP_BAND = (min(band[0] for band, _ in BUMP_PARTS), max(band[1] for band, _ in BUMP_PARTS))

@@ -1,11 +1,14 @@
 """Ray casting of the analytic head: skull/face, hair shell, ears and neck, under a yaw rotation.
 
-Camera: orthographic, looking down ``-z``; the image spans ``[-1, 1] / ZOOM`` in ``x`` (right) and ``y`` (up).
+Camera (:mod:`fr_invariance.synth.camera`): orthographic, looking down ``-z``; the image spans
+``[-1, 1] / ZOOM`` in ``x`` (right) and ``y`` (up).
 The head yaws about the vertical axis, so a pixel row ``y`` stays the same row in the head frame and each
 body part's horizontal cross-section at height ``y`` is an ellipse (half-width ``a(y)``, half-depth
 ``depth_ratio * a(y)``). The ray/ellipse intersection is then closed-form per pixel, with an arbitrary
 outline profile ``a(y)`` (cranium, cheeks, jaw, chin). Ears are small ellipsoids, the neck an elliptic
 cylinder. Every field is ``(N, H, W)`` (or broadcastable: per-row ``(N, H, 1)``), float32.
+Silhouettes are anti-aliased analytically: coverage is ``0.5 +`` the signed distance of the pixel centre to
+the outline (horizontal distance divided by the outline's slope factor ``sqrt(1 + a'(y)^2)``), in pixels.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import NamedTuple
 
 import torch
 
+from fr_invariance.synth.camera import ZOOM, head_to_pixels
 from fr_invariance.synth.face_params import HEAD_CENTRE_Y, Traits
 
 _EPS = 1e-6
-ZOOM = 1.2  # the image shows head-frame coordinates [-1/ZOOM, 1/ZOOM]: a face-filling crop
+__all__ = ["ZOOM"]  # re-exported for the renderer
 
 
 class PixelGrid(NamedTuple):
@@ -108,7 +112,12 @@ def cast_profiled_ellipse(
     inv_2a = 0.5 / quad_a
     depth = (root if not far else root.neg_()).sub_(quad_b).mul_(inv_2a)
     silhouette = a * torch.sqrt(c * c + depth_ratio * depth_ratio * s * s)
-    coverage = (silhouette * (1.0 / grid.pixel) + 0.5 - grid.x.abs() * (1.0 / grid.pixel)).clamp_(0.0, 1.0)
+    # Signed distance to the outline x = +-silhouette(y): horizontal gap over sqrt(1 + silhouette'(y)^2), per row.
+    # Rows the surface does not reach (silhouette 0) get a hugely negative offset: no coverage anywhere.
+    slope = silhouette * profile.log_slope
+    per_pixel = torch.rsqrt(1.0 + slope * slope) * (1.0 / grid.pixel)
+    offset = torch.where(silhouette > 0, 0.5 + silhouette * per_pixel, torch.full_like(silhouette, -1e3))
+    coverage = torch.addcmul(offset, grid.x.abs(), per_pixel, value=-1.0).clamp_(0.0, 1.0)
     x = grid.x * c - depth * s
     z = torch.addcmul(grid.x * s, depth, c)
     # Head-frame normal (x, -a^2 dlog(a)/dy, z / k^2) rotated to the camera frame, written directly in
@@ -199,6 +208,20 @@ def cast_neck(grid: PixelGrid, traits: Traits) -> SurfaceHit:
         shifted, traits, Profile(half_width, torch.zeros_like(half_width)), torch.full_like(width, 1.0)
     )
     return SurfaceHit(hit.coverage, hit.depth + offset_z, hit.x, hit.z, hit.normal)
+
+
+def decal_to_pixels(fx: torch.Tensor, fy: torch.Tensor, traits: Traits, size: int) -> torch.Tensor:
+    """Project decal points (head-frame ``x``, ``y`` on the front of the skin surface, as the feature painters
+    see them; each ``(N, K)``) through the renderer's camera: ``(N, K, 2)`` pixel coordinates of a ``size`` image.
+
+    The surface point is ``(fx, fy, k sqrt(a(fy)^2 - fx^2))`` (``a`` the head outline, ``k`` the depth ratio);
+    the head yaw rotates it about the vertical axis: camera ``x = fx cos + z sin``.
+    """
+    profile = head_profile(fy.unsqueeze(-1), traits).half_width.squeeze(-1)
+    k = traits["depth_ratio"].reshape(-1, 1)
+    z = k * (profile * profile - fx * fx).clamp(min=0.0).sqrt()
+    camera_x = fx * traits["yaw_cos"].reshape(-1, 1) + z * traits["yaw_sin"].reshape(-1, 1)
+    return head_to_pixels(camera_x, fy, size)
 
 
 def light_direction(traits: Traits, elevation_degrees: float = 25.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

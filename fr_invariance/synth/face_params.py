@@ -1,8 +1,12 @@
 """Map identity parameters and semantic controls to the physical traits of one face.
 
-All lengths are in head-frame units (the rendered image spans ``[-1, 1] / face_geometry.ZOOM``
+All lengths are in head-frame units (the rendered image spans ``[-1, 1] / camera.ZOOM``
 horizontally and vertically), ``y`` points up, ``z`` towards the camera, the head is centred on ``x = z = 0``. Every trait is a
 ``(N, 1, 1)`` float32 tensor so it broadcasts against ``(N, H, W)`` pixel fields.
+
+Alignment (DESIGN §4): the mean identity (all-zeros parameter vector) at neutral controls has its pupils, nose
+tip and mouth corners exactly on the ArcFace template (:data:`camera.TEMPLATE_HEAD_UNITS`); each identity
+parameter moves its feature around that mean (:func:`around`), as real faces vary around the template.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import math
 import torch
 
 from fr_invariance.attributes import attribute_index
+from fr_invariance.synth.camera import TEMPLATE_HEAD_UNITS
 from fr_invariance.synth.identity import IDENTITY_PARAM_NAMES
 
 MAX_YAW_DEGREES = 45.0  # head_angle = +-1
 MAX_LIGHT_AZIMUTH_DEGREES = 90.0  # illumination = +-1
-HEAD_CENTRE_Y = 0.10
+HEAD_CENTRE_Y = 0.08
+_T = TEMPLATE_HEAD_UNITS
 
 Traits = dict[str, torch.Tensor]
 
@@ -46,6 +52,11 @@ GREY_HAIR = (0.78, 0.78, 0.77)
 def lerp_range(p: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """Map a parameter in ``[-1, 1]`` linearly onto ``[low, high]``."""
     return low + (p + 1.0) * (0.5 * (high - low))
+
+
+def around(p: torch.Tensor, mean: float, spread: float) -> torch.Tensor:
+    """Map a parameter in ``[-1, 1]`` onto ``[mean - spread, mean + spread]`` (``p = 0`` gives ``mean``)."""
+    return mean + spread * p
 
 
 def colour_on_path(position: torch.Tensor, path: tuple[tuple[float, float, float], ...]) -> torch.Tensor:
@@ -95,7 +106,7 @@ def face_traits(identities: torch.Tensor, controls: torch.Tensor) -> Traits:
     }
     # Head outline: half-width, half-height, jaw squareness, chin taper, depth/width ratio.
     t["head_half_width"] = lerp_range(p["face_width"], 0.49, 0.60) * (1.0 + 0.03 * young)
-    t["head_half_height"] = lerp_range(p["face_length"], 0.72, 0.82)
+    t["head_half_height"] = lerp_range(p["face_length"], 0.76, 0.86)
     t["jaw_exponent"] = lerp_range(p["jaw_width"], 1.7, 3.4) + 0.8 * old
     t["chin_taper"] = lerp_range(p["chin_shape"], 0.0, 0.30) * (1.0 - 0.5 * old)
     t["depth_ratio"] = lerp_range(p["cheek_fullness"], 0.95, 1.15)
@@ -107,32 +118,32 @@ def face_traits(identities: torch.Tensor, controls: torch.Tensor) -> Traits:
     skin = skin + p["skin_undertone"].reshape(-1, 1, 1, 1) * undertone * (1.0 - 0.6 * tone)
     grey = skin.mean(dim=1, keepdim=True)
     t["skin_colour"] = (skin + 0.25 * old.unsqueeze(1) * (grey - skin) + 0.03 * young.unsqueeze(1)).clamp(0.0, 1.0)
-    # Eyes.
-    t["eye_y"] = HEAD_CENTRE_Y + lerp_range(p["eye_height"], -0.07, 0.01)
-    t["eye_x"] = lerp_range(p["eye_spacing"], 0.165, 0.235)
-    t["eye_half_width"] = lerp_range(p["eye_size"], 0.070, 0.095) * (1.0 + 0.05 * young)
+    # Eyes: (eye_x, eye_y) is the pupil centre (the eye landmark); the lids open around a line slightly lower.
+    t["eye_y"] = around(p["eye_height"], _T["eye_y"], 0.035)
+    t["eye_x"] = around(p["eye_spacing"], _T["eye_x"], 0.022)
+    t["eye_half_width"] = around(p["eye_size"], 0.103, 0.014) * (1.0 + 0.05 * young)
     t["eye_open"] = t["eye_half_width"] * 0.45 * (1.0 - 0.4 * smile - 0.3 * frown) * (1.0 - 0.12 * old)
     t["eye_tilt"] = lerp_range(p["eye_tilt"], -0.15, 0.22) - 0.08 * old
     t["iris_colour"] = colour_on_path((p["iris_color"] + 1.0) * 0.5, IRIS_COLOUR_PATH)
     # Brows.
-    t["brow_y"] = t["eye_y"] + lerp_range(p["brow_height"], 0.085, 0.14) + 0.025 * smile - 0.05 * frown
-    t["brow_thickness"] = lerp_range(p["brow_thickness"], 0.009, 0.024)
-    t["brow_arch"] = lerp_range(p["brow_arch"], 0.0, 0.035)
-    t["brow_inner_drop"] = 0.08 * frown - 0.01 * smile
-    # Nose.
-    t["nose_tip_y"] = t["eye_y"] - lerp_range(p["nose_length"], 0.20, 0.29)
-    t["nose_half_width"] = lerp_range(p["nose_width"], 0.045, 0.075) * (1.0 + 0.08 * smile)
+    t["brow_y"] = t["eye_y"] + lerp_range(p["brow_height"], 0.105, 0.165) + 0.028 * smile - 0.055 * frown
+    t["brow_thickness"] = lerp_range(p["brow_thickness"], 0.011, 0.027)
+    t["brow_arch"] = lerp_range(p["brow_arch"], 0.0, 0.04)
+    t["brow_inner_drop"] = 0.09 * frown - 0.012 * smile
+    # Nose: (0, nose_tip_y) is the nose-tip landmark.
+    t["nose_tip_y"] = t["eye_y"] - around(p["nose_length"], _T["eye_y"] - _T["nose_tip_y"], 0.03)
+    t["nose_half_width"] = lerp_range(p["nose_width"], 0.055, 0.09) * (1.0 + 0.08 * smile)
     t["nose_height"] = lerp_range(p["nose_prominence"], 0.05, 0.10)
-    # Mouth.
-    t["mouth_y"] = t["nose_tip_y"] - lerp_range(p["mouth_height"], 0.17, 0.11) - 0.01 * old
-    t["mouth_half_width"] = lerp_range(p["mouth_width"], 0.10, 0.15) * (1.0 + 0.22 * smile - 0.1 * frown)
-    t["lip_thickness"] = lerp_range(p["lip_fullness"], 0.016, 0.034) * (1.0 - 0.3 * old - 0.35 * smile - 0.35 * frown)
-    t["mouth_curve"] = 0.05 * smile - 0.065 * frown
-    t["mouth_open"] = 0.055 * ((smile - 0.2).clamp(min=0.0) / 0.8)
+    # Mouth: the corners (+-mouth_half_width, mouth_y + mouth_curve) are the mouth landmarks.
+    t["mouth_y"] = t["nose_tip_y"] - around(-p["mouth_height"], _T["nose_tip_y"] - _T["mouth_corner_y"], 0.03) - 0.01 * old
+    t["mouth_half_width"] = around(p["mouth_width"], _T["mouth_half_width"], 0.025) * (1.0 + 0.2 * smile - 0.1 * frown)
+    t["lip_thickness"] = lerp_range(p["lip_fullness"], 0.026, 0.05) * (1.0 - 0.3 * old - 0.35 * smile - 0.35 * frown)
+    t["mouth_curve"] = 0.06 * smile - 0.075 * frown
+    t["mouth_open"] = 0.065 * ((smile - 0.2).clamp(min=0.0) / 0.8)
     lip = colour_on_path((p["lip_color"] + 1.0) * 0.5, ((0.80, 0.45, 0.45), (0.66, 0.30, 0.30), (0.48, 0.22, 0.20)))
     t["lip_colour"] = 0.7 * lip + 0.3 * t["skin_colour"]
     # Hair.
-    t["hairline_y"] = HEAD_CENTRE_Y + lerp_range(p["hairline_height"], 0.30, 0.50) + 0.08 * old
+    t["hairline_y"] = HEAD_CENTRE_Y + lerp_range(p["hairline_height"], 0.34, 0.54) + 0.08 * old
     t["hair_bottom_y"] = lerp_range(p["hair_length"], 0.02, -0.95)
     t["hair_volume"] = lerp_range(p["hair_volume"], 0.035, 0.13)
     t["hair_part"] = p["hair_part"]
@@ -145,8 +156,8 @@ def face_traits(identities: torch.Tensor, controls: torch.Tensor) -> Traits:
     brow = colour_on_path(own_hair.clamp(min=0.35), HAIR_COLOUR_PATH) * 0.8
     t["brow_colour"] = brow + 0.6 * greying * (grey_hair - brow)
     # Ears and skin marks.
-    t["ear_scale"] = lerp_range(p["ear_size"], 0.85, 1.15)
-    t["ear_y"] = t["eye_y"] + lerp_range(p["ear_height"], -0.12, -0.05)
+    t["ear_scale"] = lerp_range(p["ear_size"], 0.95, 1.25)
+    t["ear_y"] = t["eye_y"] + lerp_range(p["ear_height"], -0.14, -0.06)
     t["freckles"] = p["freckles"].clamp(min=0.0)
     t["facial_hair"] = p["facial_hair"].clamp(min=0.0)
     return t

@@ -57,7 +57,7 @@ def paint_skin_marks(
         presence, cx_code, cy_code = (_unit(codes[:, 3 * m + j]) for j in range(3))
         radius = (0.012 * (presence - 0.15) / 0.85).clamp(min=0.0)
         cx = 0.36 * cx_code
-        cy = traits["mouth_y"] + (0.5 + 0.5 * cy_code) * (traits["eye_y"] + 0.12 - traits["mouth_y"])
+        cy = traits["nose_tip_y"] + 0.02 + 0.15 * cy_code  # cheeks, between the mouth and the eyes
         # (r^2 - d^2) / 2r ~ r - d near the rim: anti-aliased without a square root
         distance_sq = (fx - cx) ** 2 + (fy - cy) ** 2
         inside = (radius * radius - distance_sq) / (2.0 * radius.clamp(min=1e-4) * max(pixel, 0.006))

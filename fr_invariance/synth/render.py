@@ -48,13 +48,18 @@ CLOTHING = (0.28, 0.30, 0.36)
 AMBIENT = 0.34
 DIFFUSE = 0.76
 
-EAR_BAND = (-0.24, 0.21)
+EAR_BAND = (-0.30, 0.19)
+EAR_INNER_X = 0.15  # camera |x| below which no ear shows at any yaw (their centres stay beyond 0.29)
 NECK_BAND = (-1.0 / ZOOM, -0.12)
 SHOULDER_BAND = (-1.0 / ZOOM, -0.72)
 INNER_HAIR_SHADE = 0.3
 LONG_HAIR_BELOW = -0.3  # hair whose bottom edge is lower than this covers the ears
 HAIR_FAR_BAND = (-1.0 / ZOOM, -0.15)  # above it, long hair hides the inside at any yaw
-SKIN_MARK_BAND = (-0.45, 0.25)
+SKIN_MARK_BAND = (-0.44, 0.16)
+HAIR_STRAND_WAVENUMBER = 90.0  # strands: sin(90 azimuth + 25 y); ~150 radians per head unit on the face
+SIDE_HAIR_AZIMUTH = (1.0, 1.2)  # radians: the front hairline drops to the ear tops at the temples
+LONG_HAIR_AZIMUTH = 1.25  # radians: long hair hangs from here backwards (over the ears, not the cheeks)
+MAX_EDGE_GRADIENT = 25.0  # hair-edge steepness (per pixel) above which the field is treated as a jump
 
 
 class RenderInputError(ValueError):
@@ -164,17 +169,36 @@ def _ramp(x: torch.Tensor, start: float, end: float) -> torch.Tensor:
     return (x * (1.0 / (end - start)) - start / (end - start)).clamp(0.0, 1.0)
 
 
+def _edge_coverage(inside: torch.Tensor) -> torch.Tensor:
+    """Anti-aliased coverage of ``inside > 0`` from a field ``(N, h, w)`` of the form ``(y - edge) / pixel``.
+
+    Such a field rises by one per row, so ``inside / sqrt(1 + g^2)`` with ``g`` its change between horizontally
+    neighbouring pixels is the signed distance in pixels to the edge whatever the edge's slope: steep edges
+    get the same one-pixel ramp as flat ones. ``g`` above ``MAX_EDGE_GRADIENT`` (silhouettes, where the field
+    jumps) is clipped."""
+    gx = torch.diff(inside, dim=2, append=inside[:, :, -1:])
+    norm = gx.square_().add_(1.0).clamp_(max=MAX_EDGE_GRADIENT**2).rsqrt_()
+    return inside.mul_(norm).add_(0.5).clamp_(0.0, 1.0)
+
+
 def _hair_region(azimuth: torch.Tensor, y: torch.Tensor, traits: Traits, pixel: float) -> torch.Tensor:
     """Coverage of hair on the hair shell at azimuth/height: above the hairline in front (lowered by a fringe,
-    tilted by the parting), down to the ear tops at the sides and to the hair length behind."""
+    tilted by the parting), dropping steeply just in front of the ears (a near-vertical temple edge, so the
+    side hair never reaches across the cheek when the head turns) to the ear tops (short hair) or the hair
+    length (long hair), and to the hair length behind."""
     fringe_depth = (1.0 - 1.1 * azimuth * azimuth).clamp(min=0.0)
     front = traits["hairline_y"] + (0.05 * traits["hair_part"]) * azimuth - (0.17 * traits["fringe"]) * fringe_depth
-    long_hair = traits["hair_bottom_y"] < LONG_HAIR_BELOW
-    side = torch.where(long_hair, traits["hair_bottom_y"], traits["ear_y"] + 0.09)  # short hair clears the ears
-    back = torch.minimum(torch.full_like(side, HEAD_CENTRE_Y - 0.3), traits["hair_bottom_y"])
+    temple = traits["ear_y"] + 0.09  # the hairline clears the ears
+    back = torch.minimum(torch.full_like(temple, HEAD_CENTRE_Y - 0.3), traits["hair_bottom_y"])
     a = azimuth.abs()
-    edge = front + _ramp(a, 0.8, 1.2) * (side - front) + _ramp(a, 1.8, 2.25) * (back - side)
-    return ((y - edge) * (1.0 / max(pixel, 0.01)) + 0.5).clamp(0.0, 1.0)
+    edge = front + _ramp(a, *SIDE_HAIR_AZIMUTH) * (temple - front) + _ramp(a, 1.8, 2.25) * (back - temple)
+    inside = y - edge
+    # Long hair also hangs over the ears and behind them (azimuth beyond LONG_HAIR_AZIMUTH) down to its length;
+    # the azimuth distance is scaled by a typical head radius to compare with heights.
+    long_hair = traits["hair_bottom_y"] < LONG_HAIR_BELOW
+    hanging = torch.minimum((a - LONG_HAIR_AZIMUTH) * 0.55, y - traits["hair_bottom_y"])
+    inside = torch.where(long_hair, torch.maximum(inside, hanging), inside)
+    return _edge_coverage(inside.mul_(1.0 / pixel))
 
 
 def _hair_near(traits: Traits, grid: PixelGrid, light: Vector) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +207,8 @@ def _hair_near(traits: Traits, grid: PixelGrid, light: Vector) -> tuple[torch.Te
     hit = cast_profiled_ellipse(grid, traits, profile, traits["depth_ratio"])
     azimuth = surface_azimuth(hit, traits["depth_ratio"])
     alpha = hit.coverage * _hair_region(azimuth, grid.y, traits, grid.pixel)
-    strands = 0.9 + 0.1 * torch.sin(90.0 * azimuth + 25.0 * grid.y)
+    amplitude = 0.1 * features.band_limit(HAIR_STRAND_WAVENUMBER / 0.6, grid.pixel)
+    strands = 0.9 + amplitude * torch.sin(HAIR_STRAND_WAVENUMBER * azimuth + 25.0 * grid.y)
     return alpha, _shade(traits["hair_colour"] * strands.unsqueeze(1), hit.normal, light)
 
 
@@ -196,19 +221,28 @@ def _hair_far(traits: Traits, grid: PixelGrid) -> tuple[torch.Tensor, torch.Tens
     return alpha * long_hair, INNER_HAIR_SHADE * traits["hair_colour"]
 
 
-def _ear_layers(traits: Traits, rows: PixelGrid, light: Vector) -> list[tuple[torch.Tensor, ...]]:
-    """[(coverage, depth, colour)] of both ears on the rows of ``rows``."""
+def _ear_columns(grid: PixelGrid, side: float) -> slice:
+    """Columns that can show the ear on ``side`` at any yaw: camera ``x`` beyond ``EAR_INNER_X`` on that side."""
+    count = int((grid.x.reshape(-1) < -EAR_INNER_X).sum())  # the grid is symmetric about x = 0
+    size = grid.x.shape[-1]
+    return slice(0, count) if side < 0 else slice(size - count, size)
+
+
+def _ear_layers(traits: Traits, rows: PixelGrid, light: Vector) -> list[tuple[slice, torch.Tensor, ...]]:
+    """[(columns, coverage, depth, colour)] of both ears on the rows of ``rows``, each on its side's columns."""
     ears = []
     for side in (-1.0, 1.0):
+        columns = _ear_columns(rows, side)
+        rows_here = PixelGrid(rows.x[..., columns], rows.y, rows.pixel)
         centre, radii = ear_centres(traits, side)
-        hit = cast_ellipsoid(rows, traits, centre, radii)
+        hit = cast_ellipsoid(rows_here, traits, centre, radii)
         # Concha: the ear's outward-facing middle is darker.
         dy, dz = (rows.y - centre[1]) / radii[1], (hit.z - centre[2]) / radii[2]
         radius2 = dy * dy + dz * dz
         concha = torch.exp(-5.0 * radius2) * ((hit.x - centre[0]) * side > 0)
         rim = (1.0 - hit.coverage) + ((radius2 - 0.55) * 4.0).clamp(0.0, 1.0) * 0.5
         albedo = traits["skin_colour"] * (0.92 - 0.4 * concha - 0.25 * rim).unsqueeze(1)
-        ears.append((hit.coverage, hit.depth, _shade(albedo, hit.normal, light)))
+        ears.append((columns, hit.coverage, hit.depth, _shade(albedo, hit.normal, light)))
     return ears
 
 
@@ -253,10 +287,12 @@ def _render(
     canvas = (top + gradient * (bottom - top)).expand(n, 3, size, size).contiguous()
     masks = {name: torch.zeros(n, size, size, device=device) for name in ("hair", "skin")} if with_masks else {}
 
-    def over(rows: slice, alpha: torch.Tensor, colour: torch.Tensor, kind: str | None) -> None:
-        _over(canvas[:, :, rows], alpha, colour)
+    def over(
+        rows: slice, alpha: torch.Tensor, colour: torch.Tensor, kind: str | None, columns: slice = slice(None)
+    ) -> None:
+        _over(canvas[:, :, rows, columns], alpha, colour)
         for name, mask in masks.items():
-            band = mask[:, rows]
+            band = mask[:, rows, columns]
             band.add_(alpha * (float(name == kind) - band))
 
     def band(limits: tuple[float, float]) -> tuple[slice, PixelGrid]:
@@ -271,14 +307,14 @@ def _render(
     over(rows, *_neck_layer(traits, sub, light), "skin")
     ear_rows, sub = band(EAR_BAND)
     ears = _ear_layers(traits, sub, light)
-    for alpha, _, colour in ears:
-        over(ear_rows, alpha, colour, "skin")
+    for columns, alpha, _, colour in ears:
+        over(ear_rows, alpha, colour, "skin", columns)
     head = cast_head(grid, traits)
     head_colour, eyes = _head_colour(identities, traits, grid, head, light)
     everything = slice(0, size)
     over(everything, head.coverage, head_colour, "skin")
-    for alpha, depth, colour in ears:
-        over(ear_rows, alpha * (depth > head.depth[:, ear_rows]), colour, "skin")
+    for columns, alpha, depth, colour in ears:
+        over(ear_rows, alpha * (depth > head.depth[:, ear_rows, columns]), colour, "skin", columns)
     hair_alpha, hair_colour = _hair_near(traits, grid, light)
     over(everything, hair_alpha, hair_colour, "hair")
 
