@@ -97,3 +97,27 @@ def test_sweep_without_arms_is_a_clear_error(tmp_path):
                              check=False)
     assert result.returncode == 2
     assert "no finished arm" in result.stderr and result.stderr.strip().startswith("error:")
+
+
+def test_arms_without_epoch_minus_one_start_from_the_base(sweep_dir, tmp_path):
+    from fr_invariance.evaluation.analyses.sweep import read_arms
+
+    import shutil
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    base_rows = None
+    for csv in (copy / "arms").glob("*/invariance.csv"):
+        rows = pd.read_csv(csv)
+        if base_rows is None:
+            base_rows = rows[rows["epoch"] == -1].assign(epoch=3, run="base")
+        rows[rows["epoch"] >= 0].to_csv(csv, index=False)
+    (copy / "base").mkdir()
+    base_rows.to_csv(copy / "base" / "invariance.csv", index=False)
+    rows, _, arms = read_arms(copy)
+    starts = rows[rows["epoch"] == -1]
+    assert len(starts) == len(base_rows) * len(arms)
+    one = starts[(starts["arm"] == "contrast@1") & (starts["seed"] == 2)].sort_values(["identity", "attribute",
+                                                                                       "neighbourhood"])
+    expected = base_rows.sort_values(["identity", "attribute", "neighbourhood"])
+    assert one["energy"].to_numpy() == pytest.approx(expected["energy"].to_numpy())

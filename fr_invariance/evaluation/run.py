@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fr_invariance.evaluation.analyses.base import Analysis, AnalysisContext, AnalysisInputError, write_result
 from fr_invariance.evaluation.checkpoints import source_names
+from fr_invariance.errors import MissingPathError
 
 
 def requested_paths(cfg: DictConfig) -> list[str]:
@@ -20,7 +21,7 @@ def requested_paths(cfg: DictConfig) -> list[str]:
     paths += [cfg.embeddings_dir] if cfg.get("embeddings_dir") else []
     for path in paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"{path} does not exist: pass checkpoint=, checkpoints=[...] or embeddings_dir= "
+            raise MissingPathError(f"{path} does not exist: pass checkpoint=, checkpoints=[...] or embeddings_dir= "
                                     "pointing to an existing file or folder.")
     return [str(path) for path in paths]
 

@@ -29,6 +29,7 @@ from fr_invariance.evaluation.analyses.base import Analysis, AnalysisContext, An
 from fr_invariance.evaluation.analyses.energy import control_values
 from fr_invariance.evaluation.report import markdown_table
 from fr_invariance.metrics.stats import compare_to_control, replicate_effects
+from fr_invariance.errors import MissingPathError
 
 CONTROL = NO_ATTRIBUTE
 MAGNITUDE = "magnitude"
@@ -59,10 +60,24 @@ def read_arms(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         summary = json.loads((folder / "summary.json").read_text())
         finals.append({**meta, **{k: v for k, v in summary.items() if k.startswith("val") and v is not None}})
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rows = with_base_start(rows, sweep_dir / "base" / "invariance.csv")
     if rows.empty or CONTROL not in set(rows["arm"]):
         raise AnalysisInputError(f"{sweep_dir} has no invariance rows of the control arm (attr=none); run the "
                                  "experiment with the invariance callback on.")
     return rows, pd.DataFrame(finals), pd.DataFrame(arms)
+
+
+def with_base_start(rows: pd.DataFrame, base_csv: Path) -> pd.DataFrame:
+    """Arms measured without an epoch −1 (``invariance.before_training=false``) start from the base model: its
+    last measurement, on the same probe, is their epoch −1."""
+    if rows.empty or not base_csv.exists():
+        return rows
+    base = pd.read_csv(base_csv)
+    base = base[base["epoch"] == base["epoch"].max()].assign(epoch=-1)
+    starts = [base.assign(**meta) for meta in rows[["attr", "strength", "seed", "arm"]].drop_duplicates()
+              .to_dict("records") if not ((rows["arm"] == meta["arm"]) & (rows["seed"] == meta["seed"])
+                                          & (rows["epoch"] == -1)).any()]
+    return pd.concat([rows, *starts], ignore_index=True) if starts else rows
 
 
 def final_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +106,7 @@ class SweepAnalysis(Analysis):
         if not self.sweep_dir:
             raise AnalysisInputError("analysis=sweep needs sweep_dir=DIR (the folder of `train.py experiment=controlled`).")
         if not Path(self.sweep_dir).is_dir():
-            raise FileNotFoundError(f"sweep_dir {self.sweep_dir} does not exist.")
+            raise MissingPathError(f"sweep_dir {self.sweep_dir} does not exist.")
         return self.run_on_folder(Path(self.sweep_dir))
 
     def run_on_folder(self, sweep_dir: Path) -> AnalysisResult:
