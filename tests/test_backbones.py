@@ -134,9 +134,10 @@ MODEL_CONFIGS = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet20
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_config_schema(name: str) -> None:
     cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), {})
-    assert set(cfg) == {"name", "backbone", "weights", "weights_format", "bgr_to_rgb"}
+    assert set(cfg) == {"name", "backbone", "weights", "weights_format", "keep_head", "bgr_to_rgb"}
     assert cfg.name == name
     assert cfg.weights is None and cfg.weights_format == "auto" and cfg.bgr_to_rgb is False
+    assert cfg.keep_head is False
     factory = get_method(cfg.backbone._target_)
     accepted = inspect.signature(factory).parameters
     assert set(cfg.backbone) - {"_target_"} <= set(accepted)

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fr_invariance.data.paper_format import PaperEmbeddings, read_paper_embeddings
-from fr_invariance.errors import ConfigurationError
-from fr_invariance.models import available_backbones, create_backbone
+from fr_invariance.errors import ConfigurationError, MissingPathError
+from fr_invariance.models import available_backbones, backbone_targets, create_backbone
 from fr_invariance.models.checkpoint_io import OPT_IN, load_checkpoint
 from fr_invariance.models.weights import WeightLoadingError, load_backbone_weights
 
@@ -120,10 +120,10 @@ def _checkpoint_backbone(node: Any, path: Path, trust: bool) -> nn.Module:
         return instantiate(node)
     node = _plain(node, "model.backbone", path)
     target = node.get("_target_") if isinstance(node, dict) else None
-    module, _, factory = str(target).rpartition(".")
+    names = {target_of: name for name, target_of in backbone_targets().items()}
     special = [key for key in node if key.startswith("_") and key != "_target_"] if isinstance(node, dict) else []
     nested = [key for key, value in node.items() if isinstance(value, (dict, list))] if isinstance(node, dict) else []
-    if not module.startswith("fr_invariance.models.") or factory not in available_backbones() or special or nested:
+    if str(target) not in names or special or nested:
         raise CheckpointError(
             f"{path}: the model config stored in the checkpoint is not a registered backbone with plain arguments "
             f"(_target_={target!r}{', keys ' + str(special + nested) if special or nested else ''}); "
@@ -131,9 +131,9 @@ def _checkpoint_backbone(node: Any, path: Path, trust: bool) -> nn.Module:
         )
     kwargs = {key: value for key, value in node.items() if key != "_target_"}
     try:
-        return create_backbone(factory, **kwargs)
+        return create_backbone(names[str(target)], **kwargs)
     except TypeError as error:
-        raise CheckpointError(f"{path}: the model config stored in the checkpoint does not fit {factory}: {error}.") \
+        raise CheckpointError(f"{path}: the model config stored in the checkpoint does not fit {target}: {error}.") \
             from error
 
 
@@ -178,7 +178,7 @@ def load_model_source(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Checkpoint not found: {path}. Pass checkpoint=PATH to an existing Lightning .ckpt or backbone .pth."
         )
     checkpoint = load_checkpoint(path, trust=trust_checkpoint)
@@ -240,7 +240,7 @@ def open_embedding_source(path: str | Path, *, metric: str = "cosine", name: str
         raise CheckpointError(f"metric must be 'cosine' or 'euclidean' for precomputed embeddings, got {metric!r}.")
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Embeddings folder not found: {path}. Pass embeddings_dir=DIR holding df_param_step.csv and one .npy "
             "per identity."
         )

@@ -1,7 +1,8 @@
 """Backbones (iresnet family, MobileFaceNet, a tiny CNN, the pretrained SFace and dlib ResNet of DESIGN §13),
 margin heads, weight loading and export.
 
-``create_backbone(name, **kwargs)`` builds a backbone by registry name (timm-style); every backbone
+``create_backbone(name, **kwargs)`` builds a backbone by name (timm-style) from ``conf/model/<name>.yaml``, the
+one registry (a new backbone = a class + a YAML file); every backbone
 exposes ``embedding_size``, ``metric`` (``"cosine"``; ``"euclidean"`` for dlib) and ``input_size`` and maps
 ``(N, 3, H, W)`` RGB in ``[-1, 1]`` to raw ``(N, embedding_size)`` embeddings. ``dlib_resnet`` is
 inference-only (``inference_only = True``: it refuses ``train()`` and autograd); ``sface`` and ``dlib_resnet`` need the
@@ -10,14 +11,15 @@ inference-only (``inference_only = True``: it refuses ``train()`` and autograd);
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
+from hydra.utils import get_method
+from omegaconf import OmegaConf
 from torch import nn
 
 from fr_invariance.errors import ConfigurationError
 
 from fr_invariance.models.dlib_resnet import DlibResNet
-from fr_invariance.models.dlib_resnet import dlib_resnet as _dlib_resnet
 from fr_invariance.models.heads import (
     AdaFace,
     ArcFace,
@@ -36,16 +38,13 @@ from fr_invariance.models.iresnet import (
 
 # the factories `mobilefacenet` and `tiny` are not re-exported: those names are the submodules (config targets)
 from fr_invariance.models.mobilefacenet import MobileFaceNet
-from fr_invariance.models.mobilefacenet import mobilefacenet as _mobilefacenet
 from fr_invariance.models.preprocess import to_model_input
 from fr_invariance.models.pretrained import (
     InferenceOnlyModelError,
     PretrainedPackageMissing,
 )
 from fr_invariance.models.sface import SFace
-from fr_invariance.models.sface import sface as _sface
 from fr_invariance.models.tiny import TinyNet
-from fr_invariance.models.tiny import tiny as _tiny
 from fr_invariance.models.weights import (
     WeightLoadingError,
     convert_adaface_state_dict,
@@ -53,33 +52,35 @@ from fr_invariance.models.weights import (
     load_backbone_weights,
 )
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "iresnet18": iresnet18,
-    "iresnet34": iresnet34,
-    "iresnet50": iresnet50,
-    "iresnet100": iresnet100,
-    "iresnet200": iresnet200,
-    "mobilefacenet": _mobilefacenet,
-    "tiny": _tiny,
-    "sface": _sface,
-    "dlib_resnet": _dlib_resnet,
-}
+MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "conf" / "model"
+"""The one backbone registry: ``conf/model/<name>.yaml`` (its ``backbone`` node, built with ``_target_``)."""
 
 
 class UnknownBackboneError(ConfigurationError):
-    """Raised by :func:`create_backbone` for a name that is not registered."""
+    """Raised by :func:`create_backbone` for a name that has no ``conf/model/<name>.yaml``."""
 
 
 def available_backbones() -> list[str]:
-    """Registered backbone names, sorted."""
-    return sorted(_BACKBONES)
+    """Names of the model configs, sorted."""
+    return sorted(path.stem for path in MODEL_CONFIGS.glob("*.yaml"))
+
+
+def backbone_targets() -> dict[str, str]:
+    """Model config name → the ``_target_`` of its backbone."""
+    return {name: str(OmegaConf.load(MODEL_CONFIGS / f"{name}.yaml").backbone._target_)
+            for name in available_backbones()}
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
-    """Build the backbone registered as ``name`` with its factory's keyword arguments (``input_size``, ...)."""
-    if name not in _BACKBONES:
+    """Build the backbone of ``conf/model/<name>.yaml``, its arguments overridden by ``kwargs`` (``input_size``,
+    ``embedding_size``...; the config's ``${data.image_size}`` defaults to ``input_size`` or 112)."""
+    if name not in available_backbones():
         raise UnknownBackboneError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
-    return _BACKBONES[name](**kwargs)
+    root = OmegaConf.create({"data": {"image_size": kwargs.get("input_size", 112)},
+                             "model": OmegaConf.load(MODEL_CONFIGS / f"{name}.yaml")})
+    root.model.backbone = OmegaConf.merge(root.model.backbone, kwargs)
+    node = OmegaConf.to_container(root, resolve=True)["model"]["backbone"]
+    return get_method(node.pop("_target_"))(**node)  # called directly: its own errors surface unwrapped
 
 
 __all__ = [
