@@ -5,32 +5,37 @@
     python evaluate.py checkpoint=backbone.pth model=iresnet50
     python evaluate.py embeddings_dir=path/to/paper_layout
 
-Writes energies.csv, violin.png, profile.png, stats.csv (≥ 2 models) and report.md to ``output_dir``,
-prints the folder and, as its last line, a one-line JSON summary. Configuration mistakes end with one
-``error: ...`` line on stderr and exit code 2.
+Writes the analysis' tables, figures and report.md to ``output_dir``, prints the folder and, as its last
+line, a one-line JSON summary. A user error ends in one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from fr_invariance.cli import USER_ERRORS, exit_with_user_error
+from fr_invariance.cli import main_entry, run_task
+
+
+def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from fr_invariance.evaluation.run import evaluate
+    from fr_invariance.validation import validate_evaluate_config
+
+    validate_evaluate_config(cfg)
+    summary = evaluate(cfg)
+    print(f"Invariance report written to {summary['output_dir']}")
+    print(json.dumps(summary), flush=True)
+    return summary
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from fr_invariance.evaluation.run import evaluate
-
-    try:
-        summary = evaluate(cfg)
-    except USER_ERRORS as error:
-        exit_with_user_error(error)
-    print(f"Invariance report written to {summary['output_dir']}")
-    print(json.dumps(summary))
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    return run_task(cfg, _evaluate)
 
 
 if __name__ == "__main__":
-    main()
+    main_entry(main)

@@ -12,10 +12,12 @@ from typing import Iterable, Literal
 
 import torch
 
+from fr_invariance.errors import ConfigurationError
+
 AttributeKind = Literal["semantic", "image"]
 
 
-class UnknownAttributeError(ValueError):
+class UnknownAttributeError(ConfigurationError):
     """Raised for an attribute name that is not in the registry."""
 
 

@@ -42,7 +42,10 @@ def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
     assert metrics["val_verification_acc"].notna().sum() == 2  # one per epoch
     energy_columns = [c for c in metrics.columns if c.startswith("invariance/contrast/energy@")]
-    assert energy_columns and metrics[energy_columns[0]].notna().sum() == 2
+    assert energy_columns and metrics[energy_columns[0]].notna().sum() == 3  # epochs -1 (before training), 0, 1
+    tidy = pd.read_csv(run_dir / "metrics_tidy.csv")  # the same values in long format
+    assert list(tidy.columns) == ["step", "epoch", "metric", "value"]
+    assert sorted(tidy.loc[tidy["metric"] == energy_columns[0], "epoch"]) == [-1, 0, 1]
     assert (run_dir / "config.yaml").is_file()
     checkpoint = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["cfg"]["attr"]["name"] == "contrast"

@@ -14,13 +14,14 @@ from fr_invariance.attributes import (
     attribute_index,
     get_attribute,
 )
+from fr_invariance.errors import ConfigurationError
 
 
 def validate_strength(strength: float) -> float:
-    """Return ``strength`` as float; raise ValueError unless it lies in ``[0, 1]``."""
+    """Return ``strength`` as float; raise ConfigurationError unless it lies in ``[0, 1]``."""
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"aug.strength={strength} is outside [0, 1]: use e.g. aug.strength=0.5.")
+        raise ConfigurationError(f"aug.strength={strength} is outside [0, 1]: use e.g. aug.strength=0.5.")
     return strength
 
 
@@ -32,7 +33,7 @@ def nuisance_ranges(overrides: Mapping[str, float | None] | None = None) -> torc
         if value is None:
             continue
         if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"aug.nuisance.{name}={value} is outside [0, 1].")
+            raise ConfigurationError(f"aug.nuisance.{name}={value} is outside [0, 1].")
         ranges[attribute_index(name)] = float(value)
     return ranges
 

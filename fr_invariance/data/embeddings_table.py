@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fr_invariance.atomic import atomic_writer
-from fr_invariance.errors import ConfigurationError
+from fr_invariance.errors import ConfigurationError, MissingPathError
 
 EMBEDDINGS_FILE = "embeddings.npy"
 META_FILE = "meta.csv"
@@ -106,7 +106,7 @@ def read_embeddings_table(path: str | Path) -> EmbeddingsTable:
     embeddings_file, meta_file = path / EMBEDDINGS_FILE, path / META_FILE
     for required in (embeddings_file, meta_file):
         if not required.is_file():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{required} not found: an embeddings folder holds {EMBEDDINGS_FILE} (N, D) and {META_FILE} "
                 f"(columns {IDENTITY_COLUMN}, <binary attributes...>)."
             )

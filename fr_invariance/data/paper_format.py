@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from fr_invariance.synth.designs import TABLE_COLUMNS
+from fr_invariance.errors import InputDataError, MissingPathError
 
 TABLE_FILENAME = "df_param_step.csv"
 
 
-class PaperFormatError(ValueError):
+class PaperFormatError(InputDataError):
     """Raised for a table or embedding array that does not fit the layout."""
 
 
@@ -67,7 +68,7 @@ class PaperEmbeddings:
         """Embeddings of one identity: ``(N, D)`` float32, checked to cover every ``index`` of the table."""
         path = self.directory / f"{identity}.npy"
         if identity not in self.identities or not path.is_file():
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"No embeddings for identity {identity!r} ({path} missing); known identities: {self.identities[:10]}"
                 f"{' ...' if len(self.identities) > 10 else ''}."
             )
@@ -89,16 +90,16 @@ def read_paper_embeddings(directory: str | Path) -> PaperEmbeddings:
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"Embeddings directory {directory} does not exist.")
+        raise MissingPathError(f"Embeddings directory {directory} does not exist.")
     table_path = directory / TABLE_FILENAME
     if not table_path.is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"{table_path} is missing: a paper-format directory needs {TABLE_FILENAME} next to the .npy files."
         )
     table = _check_table(pd.read_csv(table_path), str(table_path))
     identities = sorted(path.stem for path in directory.glob("*.npy"))
     if not identities:
-        raise FileNotFoundError(f"{directory} has no <identity>.npy embedding files.")
+        raise MissingPathError(f"{directory} has no <identity>.npy embedding files.")
     return PaperEmbeddings(directory=directory, table=table, identities=identities)
 
 

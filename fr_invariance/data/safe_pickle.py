@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from fr_invariance.errors import ConfigurationError, UnsafeFileError
+from fr_invariance.errors import ConfigurationError, MissingPathError, UnsafeFileError
 
 _NUMPY_CORE = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
 _ALLOWED_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
@@ -118,7 +118,7 @@ def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"verification .bin not found: {path}")
+        raise MissingPathError(f"verification .bin not found: {path}")
     expected = "a pickle of (list of encoded images, list of issame flags)"
     try:
         with open(path, "rb") as handle:

@@ -27,6 +27,7 @@ from fr_invariance.data.datasets.base import (
     FaceImageDataset,
     decode_image,
 )
+from fr_invariance.errors import MissingPathError
 
 ATTRIBUTE_FILE = "list_attr_celeba.txt"
 IDENTITY_FILE = "identity_CelebA.txt"
@@ -36,7 +37,7 @@ MIN_IMAGES = 30
 
 def _read_attribute_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"CelebA attribute file not found: {path} (expected {ATTRIBUTE_FILE} in the CelebA root).")
+        raise MissingPathError(f"CelebA attribute file not found: {path} (expected {ATTRIBUTE_FILE} in the CelebA root).")
     lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
     if len(lines) < 2 or len(lines[0]) != 1 or not lines[0][0].isdigit():
         raise DataFormatError(f"{path}: line 1 must be the image count and line 2 the attribute names.")
@@ -59,7 +60,7 @@ def _read_attribute_file(path: Path) -> pd.DataFrame:
 
 def _read_identity_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"CelebA identity file not found: {path} (expected {IDENTITY_FILE} in the CelebA root).")
+        raise MissingPathError(f"CelebA identity file not found: {path} (expected {IDENTITY_FILE} in the CelebA root).")
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     bad = next((k for k, row in enumerate(rows) if len(row) != 2), None)
     if bad is not None:
@@ -130,7 +131,7 @@ class CelebAFaces(FaceImageDataset):
         self.root = Path(root)
         self.image_dir = self.root / image_dir
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"CelebA image folder not found: {self.image_dir} (data.celeba_image_dir).")
+            raise MissingPathError(f"CelebA image folder not found: {self.image_dir} (data.celeba_image_dir).")
         self.crop = crop
         self.table = read_celeba_annotations(self.root, min_images=min_images, attributes=attributes)
 
