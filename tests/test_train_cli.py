@@ -67,7 +67,7 @@ def test_evaluate_reports_on_the_trained_checkpoint(trained_run, tmp_path):
         "evaluate.py", f"checkpoint={summary['last_checkpoint']}", f"output_dir={out}", "probe.n_identities=2",
         "probe.n_curves=8", "energy.n_pairs=2000", "energy.knn=[4]", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}",
     )
-    assert {p.name for p in out.iterdir()} >= {"energies.csv", "violin.png", "profile.png", "report.md"}
+    assert {p.name for p in out.iterdir()} >= {"energies.csv", "violin_ball.png", "violin_knn.png", "report.md"}
     rows = pd.read_csv(out / "energies.csv")
     assert set(rows["attribute"]) == set(summary["energy"])
     assert rows["energy"].dropna().between(0, 2).all() and rows["energy"].notna().any()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import logging
 import os
 import secrets
@@ -200,7 +201,9 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg, steps),
     )
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint is not None else None)
+    fit_seconds = time.perf_counter() - fit_start
     finish_wandb_runs(trainer.loggers)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -215,6 +218,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         **{name: value for name, value in metrics.items() if name.startswith("val")},
         "energy": dict(invariance.last_energies) if invariance is not None else {},
         "magnitude": dict(_last_magnitudes(invariance)) if invariance is not None else {},
+        "fit_seconds": round(fit_seconds, 2),  # wall time of trainer.fit, the invariance measurements included
+        "invariance_seconds": round(invariance.seconds, 2) if invariance is not None else 0.0,
     }
     if trainer.is_global_zero:
         atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
