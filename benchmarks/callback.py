@@ -11,7 +11,10 @@ with ``invariance=off``. Reports:
 - ``energy_se_max``: the largest standard error over identities of a per-attribute energy at the final
   epoch, over every setting the probe measures (ball and kNN), from ``invariance.csv``.
 
-    python benchmarks/callback.py [--device cpu|cuda] [--threads N] [--overrides k=v ...]
+    python benchmarks/callback.py [--device cpu|cuda] [--threads N] [--overrides k=v ...] [--keep DIR]
+
+``--keep DIR`` keeps the run with the callback in DIR (e.g. with ``--overrides logger=tensorboard`` for the
+dashboard screenshots of ``docs/screenshot_dashboards.py``).
 
 Last line: JSON with callback_share, energy_se_max and the raw timings. Targets: ≤ 0.10 and ≤ 0.02.
 """
@@ -55,9 +58,10 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--overrides", nargs="*", default=[], help="extra train.py overrides for both runs")
+    parser.add_argument("--keep", type=Path, default=None, help="run folder of the run with the callback (kept)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        with_callback = Path(folder) / "with"
+        with_callback = args.keep or Path(folder) / "with"
         wall_with = run_quickstart(with_callback, args.threads, args.device, args.overrides)
         wall_without = run_quickstart(Path(folder) / "without", args.threads, args.device,
                                       [*args.overrides, "invariance=off"])
@@ -73,6 +77,7 @@ def main() -> None:
         "wall_with_callback": round(wall_with, 2),
         "wall_without_callback": round(wall_without, 2),
         "end_to_end_share": round((wall_with - wall_without) / wall_without, 4),
+        "final_val_verification_acc": summary.get("val_verification_acc"),
         "threads": args.threads,
         "device": args.device,
     }
