@@ -212,12 +212,12 @@ def _fmt(value: float, digits: int = 3) -> str:
 def targeted_table(subset: pd.DataFrame, *, side: bool = False) -> str:
     body = []
     for r in subset.sort_values(["targeted_attribute", "strength", "attribute"]).itertuples():
-        body.append([r.targeted_attribute, f"{r.strength:g}"] + ([r.attribute] if side else []) + [
+        body.append([r.targeted_attribute, f"{r.strength:g}"] + ([r.attribute, r.setting] if side else []) + [
             f"{r.control_mean:.3f} → {r.arm_mean:.3f}", f"×{r.ratio:.2f}", f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
             f"{r.p_holm:.3g}", f"{_fmt(r.delta_mean)} ± {abs(r.delta_sd) if np.isfinite(r.delta_sd) else float('nan'):.3f}",
             f"{r.control_spread:.3f}" if np.isfinite(r.control_spread) else "–",
             "yes" if r.exceeds_control_spread else "no"])
-    header = ["arm attribute", "strength"] + (["measured"] if side else []) + [
+    header = ["arm attribute", "strength"] + (["measured", "setting"] if side else []) + [
         "control → arm", "ratio", "Δ [95% CI]", "p (Holm)", "seeds: mean ± sd", "spread", "> spread"]
     return markdown_table(header, body)
 
