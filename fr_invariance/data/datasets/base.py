@@ -17,6 +17,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -95,9 +96,14 @@ class FaceImageDataset(Dataset):
     def _index(self) -> tuple[np.ndarray, list[str]]:
         """Scan the data: labels ``(N,)`` int64 in ``0..K-1`` and the ``K`` class names."""
 
-    @abstractmethod
     def _read(self, index: int) -> bytes:
-        """Encoded bytes of sample ``index`` (raises :class:`CorruptImageError` for an unreadable record)."""
+        """Encoded bytes of sample ``index``: by default the file named by :meth:`describe` (datasets of
+        records override this); raises :class:`CorruptImageError` for an unreadable sample."""
+        path = Path(self.describe(index))
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise CorruptImageError(f"Cannot read image {path}: {error.strerror or error}.") from error
 
     def describe(self, index: int) -> str:
         """Human name of sample ``index`` (file path, record key) for warnings."""

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from fr_invariance.data.datasets.base import (
-    CorruptImageError,
     DataFormatError,
     FaceImageDataset,
     decode_image,
@@ -151,13 +150,6 @@ class CelebAFaces(FaceImageDataset):
 
     def describe(self, index: int) -> str:
         return str(self.image_dir / self.table["image"].iat[index])
-
-    def _read(self, index: int) -> bytes:
-        path = Path(self.describe(index))
-        try:
-            return path.read_bytes()
-        except OSError as error:
-            raise CorruptImageError(f"Cannot read image {path}: {error.strerror or error}.") from error
 
     def load_image(self, index: int) -> np.ndarray:
         image = decode_image(self._read(index), None, self.describe(index))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fr_invariance.attributes import ATTRIBUTE_NAMES
-from fr_invariance.data.datasets.base import CorruptImageError, DataFormatError, FaceImageDataset
+from fr_invariance.data.datasets.base import DataFormatError, FaceImageDataset
 from fr_invariance.errors import ConfigurationError, MissingPathError
 
 REQUIRED_COLUMNS = ("path", "identity")
@@ -107,10 +107,3 @@ class GeneratedFaces(FaceImageDataset):
     def describe(self, index: int) -> str:
         self.setup()
         return self.paths[index]
-
-    def _read(self, index: int) -> bytes:
-        path = self.describe(index)
-        try:
-            return Path(path).read_bytes()
-        except OSError as error:
-            raise CorruptImageError(f"Cannot read image {path}: {error.strerror or error}.") from error

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets.folder import make_dataset
 
-from fr_invariance.data.datasets.base import IMAGE_EXTENSIONS, CorruptImageError, DataFormatError, FaceImageDataset
+from fr_invariance.data.datasets.base import IMAGE_EXTENSIONS, DataFormatError, FaceImageDataset
 from fr_invariance.errors import ConfigurationError, MissingPathError
 
 
@@ -76,10 +76,3 @@ class ImageFolderFaces(FaceImageDataset):
 
     def describe(self, index: int) -> str:
         return self.samples[index][0]
-
-    def _read(self, index: int) -> bytes:
-        path = self.describe(index)
-        try:
-            return Path(path).read_bytes()
-        except OSError as error:
-            raise CorruptImageError(f"Cannot read image {path}: {error.strerror or error}.") from error
