@@ -26,7 +26,8 @@ SMALL_INVARIANCE = ["probe.n_identities=2", "probe.n_curves=8", "energy.n_pairs=
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
-    summary = summary_of(run_train(*TINY, *SMALL_INVARIANCE, "attr=contrast", "logger=wandb", f"hydra.run.dir={run_dir}"))
+    summary = summary_of(run_train(*TINY, *SMALL_INVARIANCE, "attr=contrast", "logger=wandb",
+                                   "checkpoint_every_n_steps=1", f"hydra.run.dir={run_dir}"))
     return run_dir, summary
 
 
@@ -34,6 +35,7 @@ def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
     run_dir, summary = trained_run
     assert Path(summary["run_dir"]) == run_dir
     assert Path(summary["last_checkpoint"]).is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]  # epoch and step saves share it
     assert Path(summary["backbone_pth"]).is_file()
     assert 0.0 <= summary["val_verification_acc"] <= 1.0
     assert set(summary["energy"]) == {

@@ -174,11 +174,12 @@ class LoaderStateRestore(L.Callback):
 
 def checkpoint_callbacks(dirpath: str | Path, every_n_steps: int = 0) -> list[ModelCheckpoint]:
     """``last.ckpt`` in ``dirpath`` after every epoch (after its validation and invariance measurement) and,
-    with ``every_n_steps > 0``, every that many optimizer steps inside an epoch."""
-    callbacks = [ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=1)]
+    with ``every_n_steps > 0``, every that many optimizer steps inside an epoch. Both write the same
+    ``last.ckpt`` (no ``last-v1.ckpt``), so resuming always finds the newest state."""
+    shared = {"dirpath": dirpath, "save_last": True, "save_top_k": 0, "enable_version_counter": False}
+    callbacks = [ModelCheckpoint(**shared, every_n_epochs=1)]
     if every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0,
-                                         every_n_train_steps=int(every_n_steps)))
+        callbacks.append(ModelCheckpoint(**shared, every_n_train_steps=int(every_n_steps)))
     return callbacks
 
 
