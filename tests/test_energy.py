@@ -262,14 +262,18 @@ def test_cap_at_least_the_degree_changes_nothing_and_is_unbiased():
     assert float((runs.mean(0) - uncapped[1].per_point).abs().mean()) < 0.01
 
 
-def test_mean_pair_distance_is_seeded_numpy_computation():
+@pytest.mark.parametrize("n_pairs", [1000, 50])  # the full-matrix path (30² ≤ 8·1000) and the pair-gather path
+def test_mean_pair_distance_is_seeded_numpy_computation(n_pairs):
+    from sklearn.metrics.pairwise import paired_cosine_distances
+
     points = torch.randn(30, 8, generator=torch.Generator().manual_seed(8), dtype=F64)
-    first, second = np.random.RandomState(5).randint(0, 30, (2, 1000))
+    points[3] = 0.0  # a zero row: scikit-learn leaves it at zero, so its cosine distance to any row is 0.5
+    first, second = np.random.RandomState(5).randint(0, 30, (2, n_pairs))
     x = points.numpy()
-    cosine = 1.0 - np.sum(x[first] * x[second], 1) / (np.linalg.norm(x[first], axis=1) * np.linalg.norm(x[second], axis=1))
-    assert mean_pair_distance(points, n_pairs=1000, seed=5) == pytest.approx(cosine.mean(), abs=1e-12)
+    cosine = paired_cosine_distances(x[first], x[second])
+    assert mean_pair_distance(points, n_pairs=n_pairs, seed=5) == pytest.approx(cosine.mean(), abs=1e-12)
     euclidean = np.linalg.norm(x[first] - x[second], axis=1)
-    assert mean_pair_distance(points, "euclidean", n_pairs=1000, seed=5) == pytest.approx(euclidean.mean(), abs=1e-12)
+    assert mean_pair_distance(points, "euclidean", n_pairs=n_pairs, seed=5) == pytest.approx(euclidean.mean(), abs=1e-12)
     assert mean_pair_distance(points, seed=5) == mean_pair_distance(points, seed=5)
     assert mean_pair_distance(points, seed=5) != mean_pair_distance(points, seed=6)
 

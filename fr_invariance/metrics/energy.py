@@ -78,6 +78,10 @@ def _check_matrix(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a 2-D torch.Tensor of shape (N, D); got {getattr(tensor, 'shape', type(tensor))}.")
 
 
+PAIR_MATRIX_FACTOR = 8
+"""``mean_pair_distance`` computes the full ``(N, N)`` distance matrix when ``N² ≤ PAIR_MATRIX_FACTOR · n_pairs``."""
+
+
 def _paired_distance(first: torch.Tensor, second: torch.Tensor, metric: str) -> torch.Tensor:
     """Row-wise ``d_X`` in float64: cosine as scikit-learn's ``paired_cosine_distances``
     (``½‖â − b̂‖²``, a zero row stays zero), or euclidean ``‖a − b‖``."""
@@ -105,7 +109,14 @@ def mean_pair_distance(points: torch.Tensor, metric: str = "cosine", n_pairs: in
     generator = np.random.RandomState(seed)
     first = torch.from_numpy(generator.randint(0, points.shape[0], n_pairs)).to(points.device)
     second = torch.from_numpy(generator.randint(0, points.shape[0], n_pairs)).to(points.device)
-    return float(_paired_distance(points[first], points[second], metric).mean())
+    if points.shape[0] ** 2 > PAIR_MATRIX_FACTOR * n_pairs:
+        return float(_paired_distance(points[first], points[second], metric).mean())
+    # Few rows: every distance once (exact differences, no Gram expansion), then look the pairs up.
+    rows = points.to(torch.float64)
+    if metric == "cosine":
+        rows = unit_rows(rows)[0]
+    distances = torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist")[first, second]
+    return float((0.5 * distances * distances if metric == "cosine" else distances).mean())
 
 
 def displacement_magnitude(
