@@ -236,6 +236,7 @@ def check_probe(cfg: DictConfig, prefix: str = "probe") -> None:
         Number(f"{prefix}.step", "curve half-step in control units", low=0, high=1, low_open=True),
         Number(f"{prefix}.nuisance", "half-width of the curve-centre box", low=0, high=1),
         Number(f"{prefix}.batch_size", "images per forward pass", integer=True, low=1),
+        Number(f"{prefix}.render_batch_size", "images per rendering call", integer=True, low=1),
         Number(f"{prefix}.image_cache_mb", "memory for cached probe images", low=0),
         Number(f"{prefix}.identity_seed", "seed of the probe identities", integer=True),
         Number(f"{prefix}.design_seed", "seed of the curve design", integer=True),
