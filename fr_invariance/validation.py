@@ -26,6 +26,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from fr_invariance.attributes import ATTRIBUTE_NAMES, IMAGE_ATTRIBUTES, NO_ATTRIBUTE, get_attribute
 from fr_invariance.errors import ConfigurationError, MissingPathError
+from fr_invariance.training.head_init import HEAD_INITS
 
 _ABSENT = object()
 _SPECIAL_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -401,6 +402,10 @@ def validate_train_config(cfg: DictConfig) -> None:
                       ("invariance.before_training", "measure before the first step")):
         check_bool(cfg, key, what)
     check_choice(cfg, "trainer.precision", PRECISIONS, "numeric precision")
+    check_choice(cfg, "head_init", HEAD_INITS, "margin-head initialisation")
+    if select(cfg, "head_init") == "imprint" and select(cfg, "model.keep_head") is True:
+        raise ConfigurationError("head_init=imprint and model.keep_head=true both set the head: keep the "
+                                 "checkpoint's head (model.keep_head=true) or imprint a new one (head_init=imprint).")
     check_choice(cfg, "trainer.accelerator", ACCELERATORS, "device type")
     check_choice(cfg, "model.weights_format", ("auto", "insightface", "lightning", "adaface"), "format of model.weights")
     check_threads(cfg)

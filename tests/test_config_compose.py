@@ -60,3 +60,24 @@ def test_compose_covers_every_yaml_file():
     covered = {f"{group}/{option}" for _, group, option in CASES}
     assert files == covered
     assert Path(CONF / "train.yaml").is_file() and Path(CONF / "evaluate.yaml").is_file()
+
+
+def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a.b.c": value}`` of every leaf of a nested dict."""
+    items: dict[str, object] = {}
+    for key, value in node.items():
+        items.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return items
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_an_experiment_overrides_every_value_it_sets(option):
+    """An experiment's values win over ``train.yaml``'s own (its top-level ``freeze_bn`` or ``hydra.run.dir``
+    must not be silently replaced by the primary config's defaults)."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{option}.yaml"))
+    raw.pop("defaults", None)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={option}"], return_hydra_config=True)
+    composed = _leaves(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in _leaves(raw).items():
+        assert composed[key] == value, key

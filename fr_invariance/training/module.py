@@ -7,11 +7,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.apply_func import move_data_to_device
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fr_invariance.metrics.verification import verification_accuracy
+from fr_invariance.training.head_init import HEAD_INITS, class_centres, imprint_head
 from fr_invariance.models.preprocess import to_model_input
 
 INVARIANCE_EPOCH_KEY = "invariance_epoch"
@@ -44,6 +46,9 @@ class FaceRecognitionModule(L.LightningModule):
         freeze_trunk: train only the embedding projection (last Linear and what follows it).
         head_warmup_steps: the first N optimizer steps train the head only (backbone frozen, in eval
             mode), so a fresh head does not wreck a pretrained backbone.
+        head_init: ``random`` (the head's own initialisation) or ``imprint``: before the first step, every
+            class centre becomes the mean unit embedding of its images in one pass over the training loader
+            (:mod:`fr_invariance.training.head_init`); skipped when a run resumes.
         config: the resolved training config (plain containers), saved in every checkpoint under
             ``hyper_parameters["cfg"]`` so evaluation can rebuild the backbone.
 
@@ -62,9 +67,12 @@ class FaceRecognitionModule(L.LightningModule):
         freeze_bn: bool = False,
         freeze_trunk: bool = False,
         head_warmup_steps: int = 0,
+        head_init: str = "random",
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={head_init!r}; use one of {HEAD_INITS}.")
         self.save_hyperparameters({"cfg": dict(config) if config is not None else None})
         self.backbone = backbone
         self.head = head
@@ -73,6 +81,7 @@ class FaceRecognitionModule(L.LightningModule):
         self.head_lr_mult = float(head_lr_mult)
         self.freeze_bn = bool(freeze_bn)
         self.head_warmup_steps = int(head_warmup_steps)
+        self.head_init = head_init
         if freeze_trunk:
             for parameter in trunk_parameters(self.backbone):
                 parameter.requires_grad_(False)
@@ -96,6 +105,19 @@ class FaceRecognitionModule(L.LightningModule):
             for module in self._backbone_batchnorms():
                 module.eval()
         return self
+
+    def on_train_start(self) -> None:
+        if self.head_init == "imprint" and self.global_step == 0:
+            self.imprint_head()
+
+    def imprint_head(self) -> int:
+        """Imprint the head from one pass over the training loader (batches transferred and rendered or
+        augmented exactly as in training). Returns the number of classes imprinted."""
+        datamodule = self.trainer.datamodule
+        batches = (datamodule.on_after_batch_transfer(move_data_to_device(batch, self.device), 0)
+                   for batch in datamodule.train_dataloader())
+        sums, counts = class_centres(self.backbone, batches, self.head.weight.shape[0])
+        return imprint_head(self.head, sums, counts)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.freeze_bn and self.training and any(m.training for m in self._backbone_batchnorms()):

@@ -128,6 +128,7 @@ def build_module(cfg: DictConfig, *, num_classes: int, resuming: bool = False) -
         freeze_bn=cfg.freeze_bn,
         freeze_trunk=cfg.freeze_trunk,
         head_warmup_steps=cfg.head_warmup_steps,
+        head_init=cfg.head_init,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     if cfg.model.weights and not resuming:
