@@ -15,7 +15,7 @@ mkdir -p "$WORK"
 step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists; log its wall time
   local output=$1 start=$SECONDS; shift
   [[ -e $output ]] && return 0
-  "$@" > "$WORK/$(basename "$output").log" 2>&1
+  local log=${output#"$WORK"/}; mkdir -p "$WORK/logs"; "$@" > "$WORK/logs/${log//\//_}.log" 2>&1
   echo "[$((SECONDS - start)) s] $*" >> "$WORK/timings.txt"
 }
 
@@ -39,4 +39,8 @@ for attr in head_angle none; do
       checkpoint="$WORK/$attr/checkpoints/last.ckpt" "$BINS" output_dir="$WORK/eval/${attr}_verification" ) &
 done
 wait
-ls "$WORK/embeddings"
+# paired tests over the probe identities, fine-tuned arm against the control fine-tune (Holm over the targeted
+# attribute and, separately, the side effects); the probe embeddings come from the cache
+step "$WORK/eval/compare/report.md" python evaluate.py \
+  "checkpoints=[$WORK/head_angle/checkpoints/last.ckpt,$WORK/none/checkpoints/last.ckpt]" control=none/last \
+  "${PROBE[@]}" output_dir="$WORK/eval/compare"
