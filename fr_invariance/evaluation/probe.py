@@ -62,7 +62,7 @@ class EnergyProbe:
         energy: energy settings (``conf/energy``: ``neighbourhood``, ``params``, ``knn``, ``n_pairs``,
             ``seed``, ``exact_repro``, ``max_neighbours``, ``null_baseline``) or an ``EnergySettings``.
         batch_size: images per forward pass. 64 keeps a small CNN's activations in the CPU's caches: at 48 px
-            the tiny backbone embedded twice as many images per second as with 256 (``benchmarks/callback.py``).
+            the tiny backbone embedded up to twice as many images per second as with 256 (benchmarks/README.md).
         render_batch_size: images per rendering call (the renderer is fastest at 128–256).
         image_cache_mb: keep the rendered probe images in CPU memory when they fit in this budget.
     """

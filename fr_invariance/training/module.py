@@ -7,14 +7,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
-from lightning.fabric.utilities.apply_func import move_data_to_device
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from fr_invariance.metrics.verification import verification_accuracy
-from fr_invariance.training.head_init import HEAD_INITS, class_centres, imprint_head
 from fr_invariance.models.preprocess import to_model_input
+from fr_invariance.training.head_init import HEAD_INITS, class_centres, imprint_head
 
 INVARIANCE_EPOCH_KEY = "invariance_epoch"
 """Checkpoint entry: the epoch of the weights as the invariance callback numbers it (see ``on_save_checkpoint``)."""
@@ -114,6 +114,9 @@ class FaceRecognitionModule(L.LightningModule):
         """Imprint the head from one pass over the training loader (batches transferred and rendered or
         augmented exactly as in training). Returns the number of classes imprinted."""
         datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError("head_init=imprint reads the training data through the trainer's datamodule; fit with "
+                             "datamodule=... (train.py always does).")
         batches = (datamodule.on_after_batch_transfer(move_data_to_device(batch, self.device), 0)
                    for batch in datamodule.train_dataloader())
         sums, counts = class_centres(self.backbone, batches, self.head.weight.shape[0])
