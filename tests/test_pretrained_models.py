@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fr_invariance.attributes import NUM_ATTRIBUTES, attribute_index
+from fr_invariance.attributes import NUM_ATTRIBUTES
 from fr_invariance.models import available_backbones, create_backbone
 from fr_invariance.models.dlib_resnet import chip_template, similarity_fit
 from fr_invariance.models.pretrained import (
@@ -25,21 +25,9 @@ from fr_invariance.synth import landmarks
 from fr_invariance.synth.identity import sample_identities
 from fr_invariance.synth.render import render
 from tests.entrypoints import run_train
+from tests.render_helpers import controls_with
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def controls_with(n: int, **values: float) -> torch.Tensor:
-    controls = torch.zeros(n, NUM_ATTRIBUTES)
-    for name, value in values.items():
-        controls[:, attribute_index(name)] = value
-    return controls
+pytestmark = pytest.mark.usefixtures("single_thread")  # one torch thread (tests/conftest.py)
 
 
 def faces(n: int, size: int, seed: int = 0, per_identity: int = 1, nuisance: float = 0.0) -> torch.Tensor:

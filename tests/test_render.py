@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fr_invariance.attributes import ATTRIBUTE_NAMES, NUM_ATTRIBUTES, attribute_index
+from fr_invariance.attributes import ATTRIBUTE_NAMES, NUM_ATTRIBUTES
 from fr_invariance.synth import arcface_template, landmarks
 from fr_invariance.synth.contact_sheet import LEVELS, contact_sheet, sheet_controls
 from fr_invariance.synth.face_geometry import PixelGrid, Profile, cast_profiled_ellipse
@@ -22,25 +22,11 @@ from fr_invariance.synth.identity import (
     sample_identities,
 )
 from fr_invariance.synth.render import RenderInputError, render, render_with_masks
+from tests.render_helpers import controls_with
 
 SIZE = 56
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small renders are dominated by OpenMP hand-offs; on a shared 2-core machine a second intra-op thread
-    waits for a time slice per op (100x slower). One thread keeps this file fast; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def controls_with(n: int, **values: float) -> torch.Tensor:
-    controls = torch.zeros(n, NUM_ATTRIBUTES)
-    for name, value in values.items():
-        controls[:, attribute_index(name)] = value
-    return controls
+pytestmark = pytest.mark.usefixtures("single_thread")  # one torch thread (tests/conftest.py)
 
 
 def luma(images: torch.Tensor) -> torch.Tensor:
