@@ -45,6 +45,17 @@ def test_identity_split_is_disjoint_seeded_and_matches_numpy_global_shuffle():
         cm.identity_split(["a", "a", "a"], seed=0)
 
 
+def test_numeric_identities_split_as_the_authors_folder_names_do():
+    """meta.csv identities 1..60 read as integers; the authors shuffle their names sorted as text."""
+    numbers = np.repeat(np.arange(1, 61), 2)
+    train, test = cm.identity_split(numbers, seed=42)
+    np.random.seed(42)
+    names = sorted({str(n) for n in numbers})  # "1", "10", "11", ..., "2", "20", ...
+    np.random.shuffle(names)
+    assert {str(n) for n in numbers[train]} == set(names[:42])
+    assert {str(n) for n in numbers[test]} == set(names[42:])
+
+
 def test_centre_with_training_means_and_zero_pad():
     rng = np.random.default_rng(0)
     xt, yt, xs, ys = rng.normal(size=(20, 3)) + 5, rng.normal(size=(20, 5)), rng.normal(size=(4, 3)), rng.normal(size=(4, 5))

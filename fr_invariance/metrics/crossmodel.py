@@ -63,13 +63,14 @@ class CrossModelInputError(ConfigurationError):
 def identity_split(identities: ArrayLike, *, seed: int, train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """``(train_rows, test_rows)`` (sorted row indices) of an identity-disjoint split.
 
-    The sorted unique identities are shuffled with ``numpy.random.RandomState(seed).shuffle`` (the same
-    stream as ``np.random.seed(seed); np.random.shuffle``) and the first ``int(train_fraction · I)`` go
-    to training.
+    The unique identities, sorted as text (the authors' identities are folder names, so numeric labels
+    1, 2, …, 10 sort as "1", "10", "2"), are shuffled with ``numpy.random.RandomState(seed).shuffle`` (the
+    same stream as ``np.random.seed(seed); np.random.shuffle``) and the first ``int(train_fraction · I)``
+    go to training.
     """
     if not 0.0 < train_fraction < 1.0:
         raise CrossModelInputError(f"train_fraction must be in (0, 1), got {train_fraction}.")
-    identities = np.asarray(identities).reshape(-1)
+    identities = np.asarray(identities).reshape(-1).astype(str)
     unique = list(np.unique(identities))
     n_train = int(len(unique) * train_fraction)
     if n_train < 1 or n_train >= len(unique):
