@@ -91,6 +91,20 @@ def test_sampling_is_one_image_per_identity_with_the_right_value():
     assert capped.n == 5
 
 
+def test_sampling_favours_identities_with_many_images_of_the_value_as_the_authors_draw():
+    """The authors shuffle the images and keep each identity's first, so an identity with 9 images of a
+    value is drawn far more often than one with 1 (a uniform choice of identities would not differ)."""
+    many = np.repeat(np.arange(50), 10)  # identities 0..49: 9 images +1, 1 image −1
+    few = np.repeat(np.arange(50, 100), 10)  # identities 50..99: 1 image +1, 9 images −1
+    identities = np.concatenate([many, few])
+    labels = np.concatenate([np.tile([1] * 9 + [-1], 50), np.tile([1] + [-1] * 9, 50)])
+    picked_positive = np.zeros(100)
+    for seed in range(40):
+        sets = mm.sample_attribute_sets(labels, identities, n_max=10, seed=seed, attribute="a")
+        picked_positive[sets.positive_identities] += 1
+    assert picked_positive[:50].sum() > 4 * picked_positive[50:].sum()
+
+
 def test_ks_equals_scipy_ks_2samp_on_the_same_distance_samples():
     embeddings, labels, identities = _toy()
     result = mm.ks_statistics(embeddings, labels, identities, metric="cosine", seed=1, attribute="a")

@@ -11,7 +11,8 @@ Inputs are plain arrays: ``labels`` ``(N,)`` with values in {−1, +1} (one bina
   instead scale ``b`` by the standard deviation of the data), evaluated at 101 equally spaced points on
   ``[−1, 1]``, normalised to a pmf ``p``; ``H = −Σ p ln p``.
 - :func:`sample_attribute_sets` — one random image per identity among images with ``a = +1`` (X_a) and
-  ``a = −1`` (X_ā), ``n = min(n_max, |ids+|, |ids−|)`` identities each, seeded.
+  ``a = −1`` (X_ā), ``n = min(n_max, |ids+|, |ids−|)`` identities each, drawn as the authors' notebook
+  draws them (shuffle the images, keep each identity's first), seeded.
 - :func:`ks_statistics` — ``d_a`` (upper triangle of ``d(X_a, X_a)``), ``d_ā``, ``d_cross`` (all of
   ``d(X_a, X_ā)``, optionally without same-identity pairs); ``KS⁺ = KS(d_a, d_cross)``,
   ``KS⁻ = KS(d_ā, d_cross)`` with ``scipy.stats.ks_2samp`` (two-sided) and their p-values.
@@ -159,25 +160,26 @@ def attribute_seed(seed: int, attribute: str) -> list[int]:
     return [int(seed), zlib.crc32(attribute.encode("utf-8"))]
 
 
-def _one_image_per_identity(rows: np.ndarray, codes: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For every identity code in ``chosen``, one uniformly random row of ``rows`` with that code."""
-    order = np.argsort(codes[rows], kind="stable")
-    rows_sorted = rows[order]
-    sorted_codes = codes[rows_sorted]
-    starts = np.searchsorted(sorted_codes, chosen, side="left")
-    ends = np.searchsorted(sorted_codes, chosen, side="right")
-    offsets = np.floor(rng.random(chosen.shape[0]) * (ends - starts)).astype(np.int64)
-    return rows_sorted[starts + offsets]
+def _first_image_per_identity(rows: np.ndarray, codes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The authors' draw: shuffle ``rows``, keep each identity's first row, return the first ``n`` of those
+    (in shuffled order). Each kept row is uniform within its identity; an identity with more rows comes
+    earlier, so it is likelier to be among the ``n``."""
+    shuffled = rows[rng.permutation(rows.size)]
+    _, first = np.unique(codes[shuffled], return_index=True)
+    return shuffled[np.sort(first)[:n]]
 
 
 def sample_attribute_sets(
     labels: ArrayLike, identities: ArrayLike, *, n_max: int = N_MAX, seed: int = 0, attribute: str = ""
 ) -> AttributeSets:
-    """Draw X_a and X_ā: ``n = min(n_max, |ids+|, |ids−|)`` identities from each side (without
-    replacement), one random image each among that identity's images with the side's value.
+    """Draw X_a and X_ā as the authors' notebook does: ``n = min(n_max, |ids+|, |ids−|)``; the images with
+    ``a = +1`` are shuffled, each identity's first image is kept and the first ``n`` of those form X_a (X_ā
+    likewise from ``a = −1``). One random image per identity; identities are drawn with a probability that
+    grows with their number of images of that value.
 
     Seeded by ``(seed, attribute)`` (see :func:`attribute_seed`), so an attribute's draw does not depend on
-    the other attributes. An identity having both values may appear in both sets.
+    the other attributes (the authors' draws were unseeded). An identity having both values may appear in
+    both sets.
     """
     values = check_binary_labels(labels)
     codes = _check_same_length(values, identities)
@@ -185,13 +187,11 @@ def sample_attribute_sets(
         raise MacroscaleInputError(f"n_max must be >= 1, got {n_max}.")
     rng = np.random.default_rng(attribute_seed(seed, attribute))
     rows_pos, rows_neg = np.flatnonzero(values == 1), np.flatnonzero(values == -1)
-    ids_pos, ids_neg = np.unique(codes[rows_pos]), np.unique(codes[rows_neg])
-    n = min(int(n_max), ids_pos.size, ids_neg.size)
-    chosen_pos = np.sort(rng.choice(ids_pos, size=n, replace=False)) if n else ids_pos[:0]
-    chosen_neg = np.sort(rng.choice(ids_neg, size=n, replace=False)) if n else ids_neg[:0]
-    positive = _one_image_per_identity(rows_pos, codes, chosen_pos, rng)
-    negative = _one_image_per_identity(rows_neg, codes, chosen_neg, rng)
-    return AttributeSets(positive, negative, chosen_pos, chosen_neg, int(ids_pos.size), int(ids_neg.size))
+    n_ids_pos, n_ids_neg = np.unique(codes[rows_pos]).size, np.unique(codes[rows_neg]).size
+    n = min(int(n_max), n_ids_pos, n_ids_neg)
+    positive = _first_image_per_identity(rows_pos, codes, n, rng)
+    negative = _first_image_per_identity(rows_neg, codes, n, rng)
+    return AttributeSets(positive, negative, codes[positive], codes[negative], int(n_ids_pos), int(n_ids_neg))
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
