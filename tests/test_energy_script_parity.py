@@ -4,7 +4,8 @@ The reference below is a straightforward re-implementation of the ALGORITHM of
 ``scripts/topo/energy_finetuning_ball.py`` (github.com/mantonios107/attrs-fr-embs), written for this test
 and sharing no code with the product: ``random.seed(s); np.random.seed(s)`` once; Python's
 ``random.shuffle`` of each moving dimension's curve ids (8 dimensions in the script's order), the first
-``max_curves`` kept; identities (``.npy`` files) in sorted file-name order; per identity d̄ from two
+``max_curves`` kept; identities (``.npy`` files) in ``os.listdir`` order, as published (the tests fix
+that order with ``monkeypatch``: sorted, as DESIGN §5 asks, or not); per identity d̄ from two
 ``np.random.randint`` draws and ``paired_cosine_distances`` in float32; per dimension and ε a
 ``RadiusNeighborsTransformer`` (connectivity, cosine) fitted and applied to the float32 centres, an
 optional per-row cap that draws ``np.random.choice(len, m, replace=False)`` row by row from the global
@@ -27,7 +28,11 @@ from sklearn.metrics.pairwise import paired_cosine_distances
 from sklearn.neighbors import RadiusNeighborsTransformer
 
 from fr_invariance.data.paper_format import read_paper_embeddings, write_paper_embeddings
-from fr_invariance.evaluation.invariance import EnergySettings, measure_invariance_from_embeddings
+from fr_invariance.evaluation.invariance import (
+    EnergySettings,
+    InvarianceConfigError,
+    measure_invariance_from_embeddings,
+)
 from fr_invariance.synth.designs import MOVING_DIMENSION
 from tests.entrypoints import run_entry_point
 
@@ -75,7 +80,7 @@ def released_script_energies(directory: Path, max_curves: int, cap: int | None, 
         index = {(d, step): chosen[d][chosen[d]["param_step"] == step]["index"].values
                  for d in SCRIPT_ORDER for step in (0, 1, 2)}
         energies = {}
-        for file_name in sorted(f for f in os.listdir(directory) if f.endswith(".npy")):
+        for file_name in (f for f in os.listdir(directory) if f.endswith(".npy")):
             embeddings = np.load(directory / file_name)
             first = np.random.randint(0, embeddings.shape[0], 10000)
             second = np.random.randint(0, embeddings.shape[0], 10000)
@@ -140,6 +145,17 @@ def paper_directory(tmp_path_factory) -> Path:
     return _paper_layout(tmp_path_factory.mktemp("paper") / "embeddings")
 
 
+def list_directory_as(monkeypatch: pytest.MonkeyPatch, directory: Path, names: list[str]) -> None:
+    """Make ``os.listdir(directory)`` return ``names`` in that order (the script walks the filesystem's
+    order, which differs between filesystems)."""
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": list(names) if Path(path) == directory else real(path))
+
+
+def list_sorted(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    list_directory_as(monkeypatch, directory, sorted(os.listdir(directory)))
+
+
 def _as_reference_keys(rows: pd.DataFrame) -> dict:
     return {(row.identity, LABEL_OF[row.attribute], row.param): row.energy for row in rows.itertuples()}
 
@@ -153,7 +169,8 @@ def _check_equal(ours: dict, reference: dict) -> float:
 
 
 @pytest.mark.parametrize("cap, max_curves", [(None, 2 * 10**4), (CAP, 2 * 10**4), (CAP, 40)])
-def test_library_equals_released_script(paper_directory, cap, max_curves):
+def test_library_equals_released_script(paper_directory, cap, max_curves, monkeypatch):
+    list_sorted(monkeypatch, paper_directory)
     reference = released_script_energies(paper_directory, max_curves, cap, SEED)
     settings = EnergySettings(params=tuple(EPSILONS), seed=SEED, exact_repro=True, max_neighbours=cap,
                               max_curves=None if max_curves >= N_CURVES else max_curves)
@@ -175,8 +192,10 @@ def test_library_equals_released_script(paper_directory, cap, max_curves):
         assert max(abs(value - reference[key]) for key, value in restarted["b"].items()) > 1e-4
 
 
-def test_evaluate_py_exact_mode_equals_released_script(paper_directory, tmp_path):
-    reference = released_script_energies(paper_directory, 2 * 10**4, CAP, SEED)
+def test_evaluate_py_exact_mode_equals_released_script(paper_directory, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:  # evaluate.py (another process) sorts; the script then lists sorted
+        list_sorted(patch, paper_directory)
+        reference = released_script_energies(paper_directory, 2 * 10**4, CAP, SEED)
     output = tmp_path / "report"
     result = run_entry_point(
         "evaluate.py", f"embeddings_dir={paper_directory}", f"output_dir={output}", "energy.exact_repro=true",
@@ -189,3 +208,28 @@ def test_evaluate_py_exact_mode_equals_released_script(paper_directory, tmp_path
     rows = rows[rows["neighbourhood"] == "ball"]
     rows["identity"] = rows["identity"].astype(str)
     _check_equal(_as_reference_keys(rows), reference)
+
+
+def test_listing_order_replays_the_script_on_a_filesystem_that_does_not_sort(paper_directory, monkeypatch):
+    listing = ["b.npy", "df_param_step.csv", "a.npy", "a-2.npy"]  # e.g. ext4's hash order
+    list_directory_as(monkeypatch, paper_directory, listing)
+    reference = released_script_energies(paper_directory, 2 * 10**4, CAP, SEED)
+    source = read_paper_embeddings(paper_directory)
+    assert source.listed == ["b", "a", "a-2"] and source.identities == ["a", "a-2", "b"]
+    listed = EnergySettings(params=tuple(EPSILONS), seed=SEED, exact_repro=True, max_neighbours=CAP,
+                            identity_order="listing")
+    rows = measure_invariance_from_embeddings(source, metric="cosine", energy=listed)
+    assert list(dict.fromkeys(rows["identity"])) == ["b", "a", "a-2"]
+    _check_equal(_as_reference_keys(rows), reference)
+    in_sorted_order = measure_invariance_from_embeddings(
+        source, metric="cosine", energy=EnergySettings(params=tuple(EPSILONS), seed=SEED, exact_repro=True,
+                                                       max_neighbours=CAP))
+    ours = _as_reference_keys(in_sorted_order)
+    assert max(abs(ours[key] - value) for key, value in reference.items()) > 1e-4  # other draws per identity
+
+
+def test_identity_order_is_checked():
+    with pytest.raises(InvarianceConfigError, match="exact_repro"):
+        EnergySettings(identity_order="listing")
+    with pytest.raises(InvarianceConfigError, match="sorted, listing"):
+        EnergySettings(exact_repro=True, identity_order="random")

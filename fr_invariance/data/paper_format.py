@@ -7,6 +7,7 @@ is the embedding of that image. The table is the same for every identity (and ev
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -58,11 +59,13 @@ class PaperEmbeddings:
         directory: the directory.
         table: the ``df_param_step`` table (``moving_dimension`` as str).
         identities: ``.npy`` file stems, sorted.
+        listed: the same stems in the directory's ``os.listdir`` order (the order the authors' script walks).
     """
 
     directory: Path
     table: pd.DataFrame
     identities: list[str]
+    listed: list[str]
 
     def load(self, identity: str) -> np.ndarray:
         """Embeddings of one identity: ``(N, D)`` float32, checked to cover every ``index`` of the table."""
@@ -97,10 +100,10 @@ def read_paper_embeddings(directory: str | Path) -> PaperEmbeddings:
             f"{table_path} is missing: a paper-format directory needs {TABLE_FILENAME} next to the .npy files."
         )
     table = _check_table(pd.read_csv(table_path), str(table_path))
-    identities = sorted(path.stem for path in directory.glob("*.npy"))
-    if not identities:
+    listed = [name[: -len(".npy")] for name in os.listdir(directory) if name.endswith(".npy")]
+    if not listed:
         raise MissingPathError(f"{directory} has no <identity>.npy embedding files.")
-    return PaperEmbeddings(directory=directory, table=table, identities=identities)
+    return PaperEmbeddings(directory=directory, table=table, identities=sorted(listed), listed=listed)
 
 
 def write_paper_embeddings(

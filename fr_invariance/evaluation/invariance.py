@@ -41,6 +41,7 @@ INVARIANCE_COLUMNS: tuple[str, ...] = (
 """Columns of every invariance table, in order (plus ``null_energy`` when the null baseline is on)."""
 
 NEIGHBOURHOODS: tuple[str, ...] = ("ball", "knn", "inverse_distance")
+IDENTITY_ORDERS: tuple[str, ...] = ("sorted", "listing")
 
 
 class InvarianceConfigError(ConfigurationError):
@@ -65,6 +66,9 @@ class EnergySettings:
             ``subsample``; it ran with 100). None: no cap.
         max_curves: exact mode only: the script's ``max_curves`` (its Python-``random`` shuffle picks
             that many curves per attribute). None: all curves.
+        identity_order: exact mode only: the order in which identities consume the script's streams:
+            ``"sorted"`` (file names sorted, DESIGN §5) or ``"listing"`` (the directory's ``os.listdir``
+            order, which the script walks: the same numbers as the script run on that same filesystem).
     """
 
     neighbourhood: str = "ball"
@@ -75,6 +79,7 @@ class EnergySettings:
     exact_repro: bool = False
     max_neighbours: int | None = None
     max_curves: int | None = None
+    identity_order: str = "sorted"
 
     def __post_init__(self) -> None:
         if self.neighbourhood not in NEIGHBOURHOODS:
@@ -114,6 +119,12 @@ class EnergySettings:
         if self.max_curves is not None and not self.exact_repro:
             raise InvarianceConfigError("energy.max_curves is the released script's curve subsampling; it needs "
                                         "energy.exact_repro=true (choose the number of curves in the design instead).")
+        if self.identity_order not in IDENTITY_ORDERS:
+            raise InvarianceConfigError(
+                f"energy.identity_order must be one of {', '.join(IDENTITY_ORDERS)}, got {self.identity_order!r}.")
+        if self.identity_order != "sorted" and not self.exact_repro:
+            raise InvarianceConfigError("energy.identity_order orders the released script's random streams; it needs "
+                                        "energy.exact_repro=true (the default mode's draws do not depend on order).")
         object.__setattr__(self, "params", params)
 
     def energy_params(self) -> list[float | int]:
@@ -243,7 +254,8 @@ def _measure(
     epoch: int | None,
     progress: bool,
 ) -> pd.DataFrame:
-    """Rows of every identity in ``names`` (exact mode: in sorted file-name order, one stream for all)."""
+    """Rows of every identity in ``names`` (exact mode: one stream for all, identities in sorted file-name
+    order, or in the given order with ``identity_order="listing"``)."""
     requested = table_attributes(table, attributes)
     streams = None
     if energy.exact_repro:
@@ -254,7 +266,8 @@ def _measure(
             )
         streams = ScriptStreams.seeded(energy.seed)
         curves = _script_curves(table, streams, energy.max_curves)  # every attribute: the stream needs them all
-        names = sorted(names, key=lambda name: f"{name}.npy")
+        if energy.identity_order == "sorted":
+            names = sorted(names, key=lambda name: f"{name}.npy")
     else:
         curves = {name: curve_indices(table, MOVING_DIMENSION[name]) for name in requested}
     rows = []
@@ -312,7 +325,10 @@ def measure_invariance_from_embeddings(
     """Tidy energy rows from embeddings in the paper layout, loading one identity at a time.
 
     With ``energy.exact_repro`` this equals the released ``energy_finetuning_ball.py`` run on that folder
-    after ``random.seed(energy.seed); np.random.seed(energy.seed)`` (identities in sorted file-name order).
+    (as the only model folder of its run) after ``random.seed(energy.seed); np.random.seed(energy.seed)``,
+    identities in sorted file-name order, or in the folder's ``os.listdir`` order with
+    ``energy.identity_order="listing"``.
     """
-    return _measure(source.identities, source.load, source.table, metric=metric, energy=energy,
+    names = source.listed if energy.identity_order == "listing" else source.identities
+    return _measure(names, source.load, source.table, metric=metric, energy=energy,
                     attributes=attributes, run=run, epoch=epoch, progress=progress)
