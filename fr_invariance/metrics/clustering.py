@@ -8,9 +8,11 @@ binary attributes are {−1, +1}), cluster assignments ``(N,)`` ints.
   (``scipy.optimize.linear_sum_assignment`` on the contingency table); :func:`purity`; NMI and ARI are
   scikit-learn's.
 - :func:`permutation_p_value` — one-sided p-value of the matched accuracy against the null of labels
-  independent of the clusters: ``(1 + #{perm ≥ observed}) / (1 + n_permutations)``.
+  independent of the clusters: ``(1 + #{perm ≥ observed}) / (1 + n_permutations)``; a label constant within
+  every identity is permuted across identities (each identity's images keep one label), not image by image.
 - :func:`intra_class_scores` — per identity (only identities showing every class), then averaged.
-- :func:`linear_probe_accuracy` — cross-validated logistic regression: the supervised upper bound.
+- :func:`linear_probe_accuracy` — cross-validated logistic regression (folds grouped by identity, C chosen
+  by an inner cross-validation): the supervised upper bound.
 - :func:`fisher_scores` / :func:`ablation_curve` — per-dimension Fisher score and the accuracy after
   dropping the top-m dimensions and re-clustering.
 """
@@ -27,6 +29,8 @@ from scipy.optimize import linear_sum_assignment
 from fr_invariance.errors import ConfigurationError
 
 METHODS = ("kmeans", "gmm", "agglomerative")
+PROBE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse L2 strengths the linear probe chooses from
+PROBE_INNER_FOLDS = 3  # inner cross-validation folds choosing the probe's C
 
 
 class ClusteringInputError(ConfigurationError):
@@ -86,13 +90,34 @@ def _matched_accuracies(classes: np.ndarray, groups: np.ndarray, n_classes: int,
     return out
 
 
+def _identity_blocks(labels: ArrayLike, identities: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(identity code of each sample (N,), class code of each identity (I,))`` when ``labels`` ``(N,)`` is
+    constant within every identity of ``identities`` ``(N,)``; None otherwise."""
+    classes, _ = _codes(labels)
+    ids, n_ids = _codes(identities)
+    if classes.shape != ids.shape:
+        raise ClusteringInputError(f"labels and identities differ in length: {classes.size} vs {ids.size}.")
+    per_identity = np.zeros(n_ids, np.int64)
+    per_identity[ids] = classes
+    return (ids, per_identity) if (per_identity[ids] == classes).all() else None
+
+
+def identity_level(labels: ArrayLike, identities: ArrayLike) -> bool:
+    """Whether ``labels`` ``(N,)`` is constant within every identity of ``identities`` ``(N,)``."""
+    return _identity_blocks(labels, identities) is not None
+
+
 def permutation_p_value(
-    labels: ArrayLike, clusters: ArrayLike, *, n_permutations: int = 1000, seed: int = 0
+    labels: ArrayLike, clusters: ArrayLike, *, identities: ArrayLike | None = None, n_permutations: int = 1000,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """``(observed Hungarian accuracy, p-value)`` against labels shuffled across samples.
 
     p = ``(1 + #{permuted accuracy ≥ observed}) / (1 + n_permutations)`` (never 0; the smallest possible
-    value is ``1 / (1 + n_permutations)``).
+    value is ``1 / (1 + n_permutations)``). With ``identities`` ``(N,)`` and a label constant within every
+    identity, the identities' labels are shuffled across identities (all images of one identity keep one
+    label): images of one identity are not independent draws of an identity-level attribute, and shuffling
+    them one by one would make the null far too narrow. Otherwise labels are shuffled image by image.
     """
     classes, n_classes = _codes(labels)
     groups, n_groups = _codes(clusters)
@@ -100,7 +125,12 @@ def permutation_p_value(
         raise ClusteringInputError(f"labels and clusters differ in length: {classes.size} vs {groups.size}.")
     observed = _matched_accuracies(classes, groups, n_classes, n_groups, classes[None, :])[0]
     rng = np.random.default_rng(seed)
-    permuted = rng.permuted(np.broadcast_to(classes, (n_permutations, classes.size)), axis=1)
+    blocks = None if identities is None else _identity_blocks(classes, identities)
+    if blocks is not None:
+        ids, per_identity = blocks
+        permuted = rng.permuted(np.broadcast_to(per_identity, (n_permutations, per_identity.size)), axis=1)[:, ids]
+    else:
+        permuted = rng.permuted(np.broadcast_to(classes, (n_permutations, classes.size)), axis=1)
     null = _matched_accuracies(classes, groups, n_classes, n_groups, permuted)
     return float(observed), float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + n_permutations))
 
@@ -162,12 +192,16 @@ class ClusterScores:
     n: int
 
 
-def score_clusters(labels: ArrayLike, clusters: ArrayLike, *, n_permutations: int = 1000, seed: int = 0) -> ClusterScores:
-    """All scores of :class:`ClusterScores` for one clustering."""
+def score_clusters(
+    labels: ArrayLike, clusters: ArrayLike, *, identities: ArrayLike | None = None, n_permutations: int = 1000,
+    seed: int = 0,
+) -> ClusterScores:
+    """All scores of :class:`ClusterScores` for one clustering (``identities``: see :func:`permutation_p_value`)."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     labels, clusters = np.asarray(labels).reshape(-1), np.asarray(clusters).reshape(-1)
-    accuracy, p_value = permutation_p_value(labels, clusters, n_permutations=n_permutations, seed=seed)
+    accuracy, p_value = permutation_p_value(labels, clusters, identities=identities, n_permutations=n_permutations,
+                                            seed=seed)
     return ClusterScores(
         accuracy=accuracy,
         purity=purity(labels, clusters),
@@ -180,14 +214,15 @@ def score_clusters(labels: ArrayLike, clusters: ArrayLike, *, n_permutations: in
 
 
 def cluster_and_score(
-    x: np.ndarray, labels: ArrayLike, method: str, *, seed: int = 0, n_init: int = 10,
-    n_permutations: int = 1000, covariance_type: str = "diag",
+    x: np.ndarray, labels: ArrayLike, method: str, *, identities: ArrayLike | None = None, seed: int = 0,
+    n_init: int = 10, n_permutations: int = 1000, covariance_type: str = "diag",
 ) -> ClusterScores:
-    """Cluster ``x`` (already :func:`prepare`-d) into as many clusters as ``labels`` has classes and score."""
+    """Cluster ``x`` (already :func:`prepare`-d) into as many clusters as ``labels`` has classes and score
+    (``identities`` ``(N,)``: the permutation unit of an identity-level label, see :func:`permutation_p_value`)."""
     _, n_classes = _codes(labels)
     clusters = cluster(x, method, n_clusters=max(n_classes, 2), seed=seed, n_init=n_init,
                        covariance_type=covariance_type)
-    return score_clusters(labels, clusters, n_permutations=n_permutations, seed=seed)
+    return score_clusters(labels, clusters, identities=identities, n_permutations=n_permutations, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -267,20 +302,52 @@ def intra_class_scores(
     )
 
 
-def linear_probe_accuracy(x: np.ndarray, labels: ArrayLike, *, folds: int = 5, seed: int = 0) -> float:
-    """Stratified k-fold CV accuracy of a logistic regression (supervised upper bound); nan when a class
-    has fewer than 2 samples. Folds shrink to the smallest class size."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+def _folds(codes: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``(train, test)`` index pairs (shuffled, seeded), each group of ``groups`` ``(N,)`` in one fold
+    (``StratifiedGroupKFold``; ``StratifiedKFold`` without groups). The number of folds shrinks to the fewest
+    groups (samples without groups) of one class; none when that is below 2 or there is one class only."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    codes, n_classes = _codes(labels)
-    if n_classes < 2:
-        return float("nan")
-    n_folds = int(min(folds, np.bincount(codes).min()))
+    if np.unique(codes).size < 2:
+        return []
+    shown = codes if groups is None else np.unique(np.stack([groups, codes], axis=1), axis=0)[:, 1]
+    n_folds = int(min(folds, np.bincount(shown).min()))
     if n_folds < 2:
+        return []
+    if groups is None:
+        return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(codes, codes))
+    return list(StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(codes, codes, groups))
+
+
+def linear_probe_accuracy(
+    x: np.ndarray, labels: ArrayLike, *, identities: ArrayLike | None = None, folds: int = 5, seed: int = 0
+) -> float:
+    """Cross-validated accuracy of a logistic regression on ``x`` ``(N, D)``: the supervised upper bound.
+
+    Outer folds are stratified and grouped by ``identities`` ``(N,)`` (no identity in both the training and
+    the test part; plain stratified folds without identities). In each outer training part the L2 strength
+    C is chosen from :data:`PROBE_CS` by an inner :data:`PROBE_INNER_FOLDS`-fold cross-validation grouped the
+    same way, then refitted on the whole training part. Fold counts shrink to the fewest identities (samples)
+    of one class; nan when that is below 2, outer or inner.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    codes, _ = _codes(labels)
+    groups = None if identities is None else _codes(identities)[0]
+    if groups is not None and groups.shape != codes.shape:
+        raise ClusteringInputError(f"labels and identities differ in length: {codes.size} vs {groups.size}.")
+    outer = _folds(codes, groups, folds, seed)
+    if not outer:
         return float("nan")
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(LogisticRegression(max_iter=1000), x, codes, cv=splitter).mean())
+    accuracies = []
+    for train, test in outer:
+        inner = _folds(codes[train], None if groups is None else groups[train], PROBE_INNER_FOLDS, seed)
+        if not inner:
+            return float("nan")
+        search = GridSearchCV(LogisticRegression(max_iter=1000), {"C": list(PROBE_CS)}, cv=inner)
+        accuracies.append(search.fit(x[train], codes[train]).score(x[test], codes[test]))
+    return float(np.mean(accuracies))
 
 
 def fisher_scores(x: np.ndarray, labels: ArrayLike) -> np.ndarray:
@@ -309,13 +376,14 @@ def fisher_ranking(x: np.ndarray, labels: ArrayLike) -> np.ndarray:
 
 def ablation_curve(
     x: np.ndarray, labels: ArrayLike, drops: Sequence[int], *, method: str = "kmeans", seed: int = 0,
-    n_init: int = 10, renormalise: bool = True,
+    n_init: int = 10, covariance_type: str = "diag", renormalise: bool = True,
 ) -> list[tuple[int, float]]:
     """Hungarian accuracy after removing the top-``m`` Fisher dimensions and re-clustering, per ``m``.
 
     Args:
         x: ``(N, D)`` prepared embeddings (see :func:`prepare`).
         drops: numbers of dropped dimensions (values ≥ D are skipped).
+        covariance_type: Gaussian-mixture covariance (``method="gmm"``).
         renormalise: re-normalise rows after dropping (keeps k-means on the sphere for cosine models).
 
     Returns:
@@ -331,6 +399,7 @@ def ablation_curve(
         reduced = x[:, kept]
         if renormalise:
             reduced = reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
-        clusters = cluster(reduced, method, n_clusters=max(n_classes, 2), seed=seed, n_init=n_init)
+        clusters = cluster(reduced, method, n_clusters=max(n_classes, 2), seed=seed, n_init=n_init,
+                           covariance_type=covariance_type)
         curve.append((int(m), hungarian_accuracy(labels, clusters)))
     return curve

@@ -6,7 +6,8 @@ Per binary attribute:
 - **extra-class** (across identities): the images (or a seeded subsample of ``max_images``; or one image
   / the mean embedding per identity) clustered into 2 by k-means (seeded, ≥ 10 restarts), a Gaussian mixture
   and agglomerative (Ward); Hungarian-matched accuracy, purity, NMI, ARI, the majority baseline and a
-  label-permutation p-value; a cross-validated logistic regression as the supervised upper bound; the
+  label-permutation p-value (identities' labels permuted when the label is constant within every identity);
+  a logistic regression cross-validated over identity-grouped folds as the supervised upper bound; the
   per-dimension Fisher-score ranking and the ablation curve (drop the top-m dimensions, re-cluster).
 - **intra-class** (within identities): each identity that shows both values at least ``min_per_class``
   times is clustered on its own; scores averaged over identities (with their spread), p-value from labels
@@ -44,7 +45,7 @@ from fr_invariance.metrics import clustering as mc
 
 SCORE_COLUMNS = (
     "run", "attribute", "kind", "case", "method", "n", "n_identities", "accuracy", "accuracy_std", "purity",
-    "nmi", "ari", "majority", "p_value", "linear_probe",
+    "nmi", "ari", "majority", "p_value", "linear_probe", "note",
 )
 FISHER_COLUMNS = ("run", "attribute", "rank", "dimension", "fisher_score")
 ABLATION_COLUMNS = ("run", "attribute", "method", "dropped", "accuracy", "majority")
@@ -64,11 +65,13 @@ class ClusteringAnalysis(Analysis):
         covariance_type: Gaussian-mixture covariance (``diag`` suits 512-D with few samples).
         seed: seed of clustering, subsampling, permutations and CV folds.
         n_permutations: label permutations of the p-value.
-        extra_sampling: ``all`` images, ``one_per_identity`` (a random one) or ``identity_mean``.
+        extra_sampling: ``all`` images, ``one_per_identity`` (a random one) or ``identity_mean`` (the majority
+            value as label; identities with a tie left out).
         max_images: cap on extra-class samples (seeded subsample above it).
         min_per_class: intra-class: an identity needs this many images of each value.
         max_intra_identities: intra-class: at most this many eligible identities (seeded choice).
-        linear_probe, folds: the supervised upper bound (extra-class sample, stratified CV).
+        linear_probe, folds: the supervised upper bound (extra-class sample, stratified CV folds grouped by
+            identity; C chosen by an inner CV).
         ablation: numbers of top-Fisher dimensions dropped for the ablation curve (empty = none).
         ablation_method: clustering method of the ablation curve.
         fisher_top: dimensions listed per attribute in ``clustering_fisher.csv``.
@@ -112,33 +115,37 @@ class ClusteringAnalysis(Analysis):
 
     # ------------------------------------------------------------------------------------------ samples
 
-    def extra_sample(self, source: NamedEmbeddings, labels: np.ndarray, attribute: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(x prepared, labels)`` of the extra-class case for one attribute."""
+    def extra_sample(self, source: NamedEmbeddings, labels: np.ndarray,
+                     attribute: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """``(x prepared (n, D), labels (n,), identities (n,), tied)`` of the extra-class case for one attribute;
+        ``tied``: identities left out of ``identity_mean`` for a mean label of exactly 0 (no majority value)."""
         table = source.table
         rng = np.random.default_rng([self.seed, 2])
         identities = table.identities
+        tied = 0
         if self.extra_sampling == "all":
-            rows = np.arange(len(table))
-            x, y = table.embeddings, labels
+            x, y, ids = table.embeddings, labels, identities
         elif self.extra_sampling == "one_per_identity":
             order = rng.permutation(len(table))
             _, first = np.unique(identities[order], return_index=True)
             rows = np.sort(order[first])
-            x, y = table.embeddings[rows], labels[rows]
+            x, y, ids = table.embeddings[rows], labels[rows], identities[rows]
         else:
             unique, codes = np.unique(identities, return_inverse=True)
             codes = codes.reshape(-1)
             prepared = mc.prepare(table.embeddings, source.metric)
             sums = np.zeros((unique.size, prepared.shape[1]))
             np.add.at(sums, codes, prepared)
-            x = sums / np.bincount(codes)[:, None]
             label_sums = np.bincount(codes, weights=labels.astype(float))
-            y = np.where(label_sums >= 0, 1, -1).astype(np.int8)  # majority value (ties → +1)
-            rows = np.arange(unique.size)
-        if len(rows) > self.max_images:
-            keep = np.sort(rng.choice(len(rows), self.max_images, replace=False))
-            x, y = x[keep], y[keep]
-        return mc.prepare(x, source.metric), y
+            decided = label_sums != 0  # majority value; a tie has none
+            tied = int((~decided).sum())
+            x = (sums / np.bincount(codes)[:, None])[decided]
+            y = np.sign(label_sums[decided]).astype(np.int8)
+            ids = unique[decided]
+        if len(y) > self.max_images:
+            keep = np.sort(rng.choice(len(y), self.max_images, replace=False))
+            x, y, ids = x[keep], y[keep], ids[keep]
+        return mc.prepare(x, source.metric), y, ids, tied
 
     # ------------------------------------------------------------------------------------------ measuring
 
@@ -152,17 +159,19 @@ class ClusteringAnalysis(Analysis):
             kind = attribute_kind(table, attribute)
             base = {"run": source.name, "attribute": attribute, "kind": kind}
             if "extra" in self.cases:
-                x, y = self.extra_sample(source, labels, attribute)
+                x, y, ids, tied = self.extra_sample(source, labels, attribute)
+                extra = {**base, "case": "extra", "n_identities": int(np.unique(ids).size),
+                         "note": f"{tied} identities with a tied mean label left out" if tied else ""}
                 if np.unique(y).size < 2:
-                    scores.append({**base, "case": "extra", "method": "-", "n": int(y.size), "majority": 1.0})
+                    scores.append({**extra, "method": "-", "n": int(y.size), "majority": 1.0})
                 else:
-                    probe = (mc.linear_probe_accuracy(x, y, folds=self.folds, seed=self.seed)
+                    probe = (mc.linear_probe_accuracy(x, y, identities=ids, folds=self.folds, seed=self.seed)
                              if self.linear_probe else float("nan"))
                     for method in self.methods:
-                        s = mc.cluster_and_score(x, y, method, seed=self.seed, n_init=self.n_init,
+                        s = mc.cluster_and_score(x, y, method, identities=ids, seed=self.seed, n_init=self.n_init,
                                                  n_permutations=self.n_permutations,
                                                  covariance_type=self.covariance_type)
-                        scores.append({**base, "case": "extra", "method": method, "n": s.n, "accuracy": s.accuracy,
+                        scores.append({**extra, "method": method, "n": s.n, "accuracy": s.accuracy,
                                        "purity": s.purity, "nmi": s.nmi, "ari": s.ari, "majority": s.majority,
                                        "p_value": s.p_value, "linear_probe": probe})
                     ranking = mc.fisher_scores(x, y)
@@ -172,6 +181,7 @@ class ClusteringAnalysis(Analysis):
                     majority = mc.majority_baseline(y)
                     for dropped, accuracy in mc.ablation_curve(x, y, self.ablation, method=self.ablation_method,
                                                                seed=self.seed, n_init=self.n_init,
+                                                               covariance_type=self.covariance_type,
                                                                renormalise=source.metric == "cosine"):
                         ablation.append({"run": source.name, "attribute": attribute, "method": self.ablation_method,
                                          "dropped": dropped, "accuracy": accuracy, "majority": majority})
@@ -199,7 +209,7 @@ class ClusteringAnalysis(Analysis):
                 continue
             rows.append({**base, "case": "intra", "method": method, "n": s.n, "n_identities": s.n_identities,
                          "accuracy": s.accuracy, "accuracy_std": s.accuracy_std, "purity": s.purity, "nmi": s.nmi,
-                         "ari": s.ari, "majority": s.majority, "p_value": s.p_value})
+                         "ari": s.ari, "majority": s.majority, "p_value": s.p_value, "note": ""})
         return rows
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -239,9 +249,15 @@ class ClusteringAnalysis(Analysis):
             "Can an attribute be read from frozen embeddings without supervision? Each binary attribute's images "
             "are clustered into 2 groups; **accuracy** = share of images whose cluster maps to their value under the "
             "best one-to-one cluster → value matching (Hungarian). Compare it with the **majority** baseline "
-            "(everything in one cluster) and the **linear probe** (5-fold logistic regression: what a supervised "
-            "read-out reaches, the upper bound). **p** = share of label permutations scoring at least as well "
-            f"({self.n_permutations} permutations; smallest possible {1 / (1 + self.n_permutations):.1e}). "
+            "(everything in one cluster) and the **linear probe** (logistic regression, stratified "
+            f"{self.folds}-fold cross-validation with folds grouped by identity, fewer folds when a value has fewer "
+            "identities; L2 strength C chosen from " + ", ".join(f"{c:g}" for c in mc.PROBE_CS) + " by an inner "
+            f"{mc.PROBE_INNER_FOLDS}-fold identity-grouped CV on each training part: what a supervised read-out "
+            "reaches on unseen identities, the upper bound). **p** = (1 + number of label permutations whose "
+            f"accuracy is at least the observed one) / (1 + {self.n_permutations}) (smallest possible "
+            f"{1 / (1 + self.n_permutations):.1e}); extra-class: an attribute constant within every identity has "
+            "its identities' labels permuted (an identity's images are not independent draws of it), any other "
+            "its images' labels; intra-class: labels permuted within each identity, mean accuracies compared. "
             "**Extra-class** clusters across identities; **intra-class** clusters each identity's own images "
             "(identities showing both values), averaged over identities (± std). Paper A's headline (v2): beards "
             "90.0 %, glasses 76.0 % (intra); gender 99.3 %, skin tone 99.3 %, age 94.1 % (extra).", "",
@@ -278,7 +294,8 @@ class ClusteringAnalysis(Analysis):
                     body.append(row)
                 title = "Extra-class (across identities)" if case == "extra" else (
                     "Intra-class (within identities; mean ± std over identities)")
-                lines += [f"{title}:", "", markdown_table(header, body), ""]
+                notes = [f"- {a}: {n}" for a, n in dict(zip(part["attribute"], part["note"].fillna(""))).items() if n]
+                lines += [f"{title}:", "", markdown_table(header, body), "", *notes, *([""] if notes else [])]
             curve = ablation[ablation["run"] == run]
             if len(curve):
                 steps = sorted(curve["dropped"].unique())
