@@ -67,3 +67,31 @@ def test_replicates_compare_with_control_spread():
     assert bool(table.loc["a@1", "exceeds_control_spread"]) is True
     assert bool(table.loc["b@1", "exceeds_control_spread"]) is False
     assert (table["n_seeds"] == 3).all()
+
+
+def test_seeds_are_matched_and_a_missing_control_is_skipped():
+    """Arm and control agree at the seeds both ran; the arm's extra seed (offset +0.05) must not pair with
+    the control's other seeds. A setting whose control is all NaN yields no rows instead of failing."""
+    rng = np.random.default_rng(2)
+    records = []
+    for identity in range(12):
+        base = rng.uniform(0.3, 0.7)
+        for arm, seeds in (("none", (1, 2)), ("hue@1", (1, 2, 3))):
+            for seed in seeds:
+                value = base + (0.05 if seed == 3 else 0.0) + rng.normal(0, 0.001)
+                records.append({"setting": "ball 0.6", "arm": arm, "identity": f"id{identity}", "attribute": "hue",
+                                "seed": seed, "value": value})
+                records.append({"setting": "ball 0.1", "arm": arm, "identity": f"id{identity}", "attribute": "hue",
+                                "seed": seed, "value": np.nan if arm == "none" else value})
+    table = compare_to_control(pd.DataFrame(records), control="none", targeted={"hue@1": "hue"})
+    assert list(table["setting"]) == ["ball 0.6"]
+    row = table.iloc[0]
+    assert abs(row["delta"]) < 0.002 and row["p_value"] > 0.05 and row["n"] == 12
+
+
+def test_replicates_without_a_known_spread_are_not_called():
+    per_seed = pd.DataFrame({"setting": "ball 0.6", "arm": "a@1", "attribute": "contrast", "seed": [1],
+                             "delta": [0.2]})
+    controls = pd.DataFrame({"setting": "ball 0.6", "attribute": "contrast", "seed": [1], "value": [0.5]})
+    table = replicate_effects(per_seed, controls)
+    assert pd.isna(table.loc[0, "control_spread"]) and pd.isna(table.loc[0, "exceeds_control_spread"])

@@ -128,16 +128,19 @@ def compare_to_control(
 
     Args:
         values: long table with columns ``setting`` (e.g. ``ball 0.6``), ``arm``, ``identity``, ``attribute``
-            and ``value``; an identity's value is first averaged over any repeated rows (e.g. seed
-            replicates, matched by construction when the control has the same replicates).
+            and ``value``, optionally ``seed``. With ``seed``, an identity's paired difference is the mean of
+            ``arm − control`` over the seeds both measured (seed-matched; a seed or identity only one side
+            has is left out); without it, repeated rows are averaged first.
         control: the arm every other arm is compared with.
         targeted: arm → the attribute it targeted (None: no targeted attribute, e.g. another control).
 
     Returns:
-        One row per setting × arm × attribute (columns :data:`CONTROL_COLUMNS`): ``delta`` = mean over
-        identities of ``arm − control``, its bootstrap CI, the two-sided Wilcoxon signed-rank p over
-        identities, and Holm's adjustment computed separately in each family — ``targeted`` (each arm's own
-        targeted attribute) and ``side effect`` (every other attribute) — within each setting.
+        One row per setting × arm × attribute with at least 2 paired identities (columns
+        :data:`CONTROL_COLUMNS`): ``delta`` = mean over identities of ``arm − control``, its bootstrap CI, the
+        two-sided Wilcoxon signed-rank p of the per-identity differences, and Holm's adjustment computed
+        separately in each family — ``targeted`` (each arm's own targeted attribute) and ``side effect``
+        (every other attribute) — within each setting. ``control_mean`` / ``arm_mean`` are over the same
+        paired rows.
 
     Raises:
         ValueError: ``control`` is not one of the arms.
@@ -145,20 +148,22 @@ def compare_to_control(
     if control not in set(values["arm"]):
         raise ValueError(f"control {control!r} is not among the arms {sorted(set(values['arm']))}.")
     records = []
+    keys = ["attribute", "identity", *(["seed"] if "seed" in values.columns else [])]
     for setting, at_setting in values.groupby("setting", sort=False):
-        table = at_setting.pivot_table(index=["attribute", "identity"], columns="arm", values="value", aggfunc="mean")
+        table = at_setting.pivot_table(index=keys, columns="arm", values="value", aggfunc="mean", dropna=False)
         for arm in [a for a in dict.fromkeys(at_setting["arm"]) if a != control]:
             for attribute in dict.fromkeys(at_setting["attribute"]):
-                if arm not in table or attribute not in table.index.get_level_values(0):
+                if arm not in table or control not in table or attribute not in table.index.get_level_values(0):
                     continue
-                pair = table.loc[attribute, [control, arm]].dropna()
+                matched = table.loc[attribute, [control, arm]].dropna()
+                pair = matched.groupby(level="identity").mean()  # over the seeds both sides measured
                 if len(pair) < 2:
                     continue
                 differences = (pair[arm] - pair[control]).to_numpy(dtype=float)
                 if np.all(differences == 0):
                     p_value = 1.0
                 else:
-                    p_value = float(stats.wilcoxon(pair[arm], pair[control], alternative="two-sided").pvalue)
+                    p_value = float(stats.wilcoxon(differences, alternative="two-sided").pvalue)
                 low, high = mean_bootstrap_ci(differences, n_bootstrap=n_bootstrap, seed=seed)
                 records.append({
                     "setting": setting, "arm": arm, "attribute": attribute,
@@ -190,7 +195,8 @@ def replicate_effects(per_seed: pd.DataFrame, control_runs: pd.DataFrame) -> pd.
     Returns:
         Per setting × arm × attribute: mean and sd (ddof 1) of Δ over seeds, the control-vs-control spread
         (largest |difference| between the control's seeds for that attribute; nan with one seed), and
-        whether ``|mean Δ|`` exceeds it (columns :data:`REPLICATE_COLUMNS`).
+        whether ``|mean Δ|`` exceeds it (columns :data:`REPLICATE_COLUMNS`; nullable boolean, ``<NA>`` when
+        the spread or the mean Δ is unknown).
     """
     spread = (
         control_runs.groupby(["setting", "attribute"])["value"].agg(lambda v: float(v.max() - v.min()) if len(v) > 1 else np.nan)
@@ -203,5 +209,7 @@ def replicate_effects(per_seed: pd.DataFrame, control_runs: pd.DataFrame) -> pd.
         "delta_sd": grouped.std(ddof=1),
     }).reset_index()
     frame = frame.merge(spread.reset_index(), on=["setting", "attribute"], how="left")
-    frame["exceeds_control_spread"] = frame["delta_mean"].abs() > frame["control_spread"]
+    known = frame["delta_mean"].notna() & frame["control_spread"].notna()
+    exceeds = (frame["delta_mean"].abs() > frame["control_spread"]).astype("boolean")
+    frame["exceeds_control_spread"] = exceeds.where(known, pd.NA)
     return frame[list(REPLICATE_COLUMNS)]

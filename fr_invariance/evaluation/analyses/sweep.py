@@ -92,15 +92,19 @@ class SweepAnalysis(Analysis):
     Args:
         sweep_dir: the experiment folder (``base/``, ``arms/``).
         n_bootstrap: bootstrap resamples of the confidence intervals.
-        alpha: significance level of the Holm-adjusted p-values in the text.
+        alpha: significance level of the Holm-adjusted p-values (an effect is called when p (Holm) < alpha and
+            |mean Δ over seeds| exceeds the control-vs-control spread).
+        seed: seed of the bootstrap resamples.
     """
 
     name = "sweep"
 
-    def __init__(self, sweep_dir: str | None = None, n_bootstrap: int = 2000, alpha: float = 0.05) -> None:
+    def __init__(self, sweep_dir: str | None = None, n_bootstrap: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> None:
         self.sweep_dir = sweep_dir
         self.n_bootstrap = int(n_bootstrap)
         self.alpha = float(alpha)
+        self.seed = int(seed)
 
     def run(self, context: AnalysisContext) -> AnalysisResult:
         if not self.sweep_dir:
@@ -114,7 +118,8 @@ class SweepAnalysis(Analysis):
         last = final_rows(rows)
         targeted = {arm: attr for arm, attr in zip(arms["arm"], arms["attr"]) if arm != CONTROL}
         values = control_values(last.assign(run=last["arm"]), keep=("seed",))
-        paired = compare_to_control(values, control=CONTROL, targeted=targeted, n_bootstrap=self.n_bootstrap)
+        paired = compare_to_control(values, control=CONTROL, targeted=targeted, n_bootstrap=self.n_bootstrap,
+                                    seed=self.seed)
         per_seed = seed_deltas(values)
         controls = (values[values["arm"] == CONTROL].groupby(["setting", "attribute", "seed"])["value"].mean()
                     .rename("value").reset_index())
@@ -123,6 +128,8 @@ class SweepAnalysis(Analysis):
         effects.insert(2, "strength", [strength_of(a) for a in effects["arm"]])
         effects.insert(2, "targeted_attribute", [targeted.get(a) for a in effects["arm"]])
         effects["ratio"] = effects["arm_mean"] / effects["control_mean"]
+        effects["exceeds_control_spread"] = effects["exceeds_control_spread"].astype("boolean")
+        effects["called"] = (effects["p_holm"] < self.alpha) & effects["exceeds_control_spread"].fillna(False)
         verification = verification_cost(finals)
         curves = (rows.groupby(["arm", "attribute", "neighbourhood", "param", "epoch"], dropna=False)
                   [["energy", "magnitude"]].mean().reset_index())
@@ -142,8 +149,7 @@ class SweepAnalysis(Analysis):
             "sweep_dir": str(sweep_dir),
             "arms": int(arms["arm"].nunique()), "seeds": sorted(int(s) for s in arms["seed"].unique()),
             "targeted_significant": {
-                setting: sorted(f"{r.arm}" for r in targeted_rows[targeted_rows["setting"] == setting].itertuples()
-                                if r.p_holm < self.alpha and bool(r.exceeds_control_spread))
+                setting: sorted(targeted_rows["arm"][(targeted_rows["setting"] == setting) & targeted_rows["called"]])
                 for setting in settings},
         }
         return result
@@ -154,9 +160,11 @@ class SweepAnalysis(Analysis):
         lines = [
             "Every arm fine-tunes the same base with the same schedule; the control is `attr=none` at the same "
             f"seed. Seeds: {seeds}. Values are the last probe measurement of each run. Δ = arm − control; "
-            "`p (Holm)` = paired Wilcoxon over probe identities (identity values averaged over seeds), Holm within "
-            "the family; `seeds: mean ± sd` = Δ per seed; `> spread` = |mean Δ| exceeds the control-vs-control "
-            f"spread between seeds. An effect is called when p (Holm) < {self.alpha:g} AND it exceeds the spread.",
+            "`p (Holm)` = paired Wilcoxon over probe identities (each identity's arm − control averaged over the "
+            "seeds both measured), Holm within the family; `seeds: mean ± sd` = Δ per seed (mean over the "
+            "identities both measured); `> spread` = |mean Δ| exceeds the control-vs-control spread between "
+            "seeds (– when unknown: one control seed, or no seed shared with the control). An effect is called "
+            f"when p (Holm) < {self.alpha:g} AND it exceeds the spread.",
             "",
         ]
         for setting in settings:
@@ -165,8 +173,7 @@ class SweepAnalysis(Analysis):
             lines += [f"## Targeted attribute: {title}", "", targeted_table(subset), ""]
         lines += ["## Side effects (other attributes; Holm over that family)", "",
                   "Effects that pass both criteria; the full matrix is in `effects.csv` and the heatmaps.", ""]
-        called = effects[(effects["family"] == "side effect") & (effects["p_holm"] < self.alpha)
-                         & effects["exceeds_control_spread"].fillna(False).astype(bool)]
+        called = effects[(effects["family"] == "side effect") & effects["called"]]
         lines += [targeted_table(called, side=True) if len(called) else "None pass both criteria.", ""]
         lines += ["## Verification cost (final held-out accuracy, arm − control of the same seed; mean over seeds)",
                   "", verification_table(verification), ""]
@@ -176,11 +183,14 @@ class SweepAnalysis(Analysis):
 
 
 def seed_deltas(values: pd.DataFrame) -> pd.DataFrame:
-    """Per setting × arm × attribute × seed: mean over identities of (arm − control of that seed)."""
-    means = values.groupby(["setting", "arm", "attribute", "seed"])["value"].mean().rename("value").reset_index()
-    control = means[means["arm"] == CONTROL].rename(columns={"value": "control"}).drop(columns="arm")
-    arms = means[means["arm"] != CONTROL].merge(control, on=["setting", "attribute", "seed"], how="inner")
-    return arms.assign(delta=arms["value"] - arms["control"])[["setting", "arm", "attribute", "seed", "delta"]]
+    """Per setting × arm × attribute × seed: mean over the identities both measured of (arm − control of that
+    seed)."""
+    keys = ["setting", "attribute", "seed", "identity"]
+    measured = values.dropna(subset=["value"]).groupby(["arm", *keys])["value"].mean().reset_index()
+    control = measured[measured["arm"] == CONTROL].rename(columns={"value": "control"}).drop(columns="arm")
+    arms = measured[measured["arm"] != CONTROL].merge(control, on=keys, how="inner")
+    arms = arms.assign(delta=arms["value"] - arms["control"])
+    return arms.groupby(["setting", "arm", "attribute", "seed"], sort=False)["delta"].mean().reset_index()
 
 
 def strength_of(arm: str) -> float:
@@ -216,7 +226,7 @@ def targeted_table(subset: pd.DataFrame, *, side: bool = False) -> str:
             f"{r.control_mean:.3f} → {r.arm_mean:.3f}", f"×{r.ratio:.2f}", f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]",
             f"{r.p_holm:.3g}", f"{_fmt(r.delta_mean)} ± {abs(r.delta_sd) if np.isfinite(r.delta_sd) else float('nan'):.3f}",
             f"{r.control_spread:.3f}" if np.isfinite(r.control_spread) else "–",
-            "yes" if r.exceeds_control_spread else "no"])
+            "–" if pd.isna(r.exceeds_control_spread) else ("yes" if r.exceeds_control_spread else "no")])
     header = ["arm attribute", "strength"] + (["measured", "setting"] if side else []) + [
         "control → arm", "ratio", "Δ [95% CI]", "p (Holm)", "seeds: mean ± sd", "spread", "> spread"]
     return markdown_table(header, body)
@@ -241,7 +251,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def side_effect_heatmap(effects: pd.DataFrame, setting: str) -> Figure:
     """Arm (rows) × measured attribute (columns): Δ (energy) or ratio − 1 (magnitude); targeted cells boxed,
-    cells passing both criteria starred."""
+    called cells (column ``called``: p (Holm) < alpha and beyond the control spread) starred."""
     column = "ratio" if setting == MAGNITUDE else "delta"
     table = effects.pivot_table(index="arm", columns="attribute", values=column)
     table = table[[a for a in ATTRIBUTE_NAMES if a in table.columns]]
@@ -255,7 +265,7 @@ def side_effect_heatmap(effects: pd.DataFrame, setting: str) -> Figure:
             cell = effects[(effects["arm"] == arm) & (effects["attribute"] == attribute)]
             if cell.empty:
                 continue
-            called = bool(cell["p_holm"].iloc[0] < 0.05 and cell["exceeds_control_spread"].iloc[0])
+            called = bool(cell["called"].iloc[0])
             axes.text(j, i, f"{values[i, j]:+.2f}{'*' if called else ''}", ha="center", va="center", fontsize=7)
             if cell["family"].iloc[0] == "targeted":
                 axes.add_patch(_box(j, i))
