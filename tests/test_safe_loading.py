@@ -332,7 +332,7 @@ IMAGES = [b"\xff\xd8" + bytes([k]) * 300 for k in range(4)]
 
 
 @pytest.mark.parametrize("layout", ["python2_list", "python2_numpy", "protocol2_numpy", "protocol5_numpy",
-                                    "latin1_str"])
+                                    "latin1_str", "imencode_columns", "numpy_bool_scalars"])
 def test_verification_bin_layouts_load(tmp_path, layout):
     issame = [True, False]
     data = {
@@ -341,6 +341,10 @@ def test_verification_bin_layouts_load(tmp_path, layout):
         "protocol2_numpy": lambda: pickle.dumps((IMAGES, np.array(issame)), protocol=2),
         "protocol5_numpy": lambda: pickle.dumps((IMAGES, np.array(issame)), protocol=5),
         "latin1_str": lambda: pickle.dumps(([image.decode("latin-1") for image in IMAGES], issame)),
+        # insightface's agedb/cfp packers append cv2.imencode's output, an (N, 1) uint8 array in OpenCV 2-4
+        "imencode_columns": lambda: pickle.dumps(([np.frombuffer(image, np.uint8).reshape(-1, 1) for image in IMAGES],
+                                                  issame), protocol=2),
+        "numpy_bool_scalars": lambda: pickle.dumps((IMAGES, [np.bool_(flag) for flag in issame])),
     }[layout]()
     if layout.startswith("python2"):
         opcodes = {op.name for op, _, _ in pickletools.genops(data)}
@@ -370,6 +374,8 @@ def test_verification_bin_payload_is_refused_unrun(tmp_path):
     pickle.dumps((IMAGES[:3], [True, False])),
     pickle.dumps((IMAGES, np.array([1.0, 0.0]))),
     pickle.dumps({"images": IMAGES}),
+    pickle.dumps(([np.zeros((4, 4, 3), np.uint8)] * 4, [True, False])),  # decoded pixels, not encoded bytes
+    pickle.dumps((IMAGES, [np.uint8(1), np.uint8(0)])),
 ])
 def test_malformed_verification_bin(tmp_path, data):
     path = tmp_path / "bad.bin"

@@ -4,8 +4,9 @@ A ``.bin`` holds ``(bins, issame)``: ``bins`` the encoded images (JPEG/PNG bytes
 ``issame`` one flag per pair (a list of bools, or a numpy bool array). Most published files were written by
 Python 2, so they are read with ``encoding="bytes"`` (a Python 2 ``str`` becomes ``bytes``).
 
-Unpickling may only rebuild what the format needs: containers, byte strings, numbers and numpy arrays of
-``bool`` or ``uint8``. Any other ``module.name`` in the file is refused before it is imported or called
+Unpickling may only rebuild what the format needs: containers, byte strings, numbers, numpy arrays of
+``bool`` or ``uint8`` and numpy ``bool`` scalars. An encoded image may be a uint8 vector, ``(N,)`` or
+``(N, 1)`` (``cv2.imencode``'s output, which insightface's AgeDB and CFP packers stored as it came). Any other ``module.name`` in the file is refused before it is imported or called
 (:class:`~fr_invariance.errors.UnsafeFileError`): a pickle can carry code that runs when it is loaded.
 """
 
@@ -45,6 +46,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                for core in ("numpy.core", "numpy._core")},
             **{f"{core}.numeric._frombuffer": _numpy_core("numeric", "_frombuffer")
                for core in ("numpy.core", "numpy._core")},
+            **{f"{core}.multiarray.scalar": self._bool_scalar for core in ("numpy.core", "numpy._core")},
             "numpy.ndarray": np.ndarray,
             "numpy.dtype": self._dtype,
             # bytes in a protocol-2 pickle written by Python 3: _codecs.encode(text, "latin1")
@@ -75,6 +77,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             )
         return dtype
 
+    def _bool_scalar(self, dtype: np.dtype, data: Any) -> np.bool_:
+        """A pickled numpy scalar (an ``issame`` list of ``np.bool_``): bool dtype and one raw byte only."""
+        if dtype != np.dtype(np.bool_) or not isinstance(data, bytes) or len(data) != 1:
+            raise VerificationBinError(
+                f"{self._path} holds a numpy {dtype} scalar; a verification .bin holds only bool flags.")
+        return np.frombuffer(data, np.bool_)[0]
+
     def _latin1_encode(self, text: str, encoding: str = "utf-8") -> bytes:
         if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
             raise self._refuse(f"_codecs.encode with encoding {encoding!r}")
@@ -86,7 +95,8 @@ def _image_bytes(item: Any) -> bytes | None:
         return bytes(item)
     if isinstance(item, str):
         return item.encode("latin-1")
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1:
+    vector = isinstance(item, np.ndarray) and (item.ndim == 1 or (item.ndim == 2 and item.shape[1] == 1))
+    if vector and item.dtype == np.uint8:
         return item.tobytes()
     return None
 
