@@ -136,7 +136,8 @@ def test_model_config_schema(name: str) -> None:
     cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / f"{name}.yaml"), {})
     assert set(cfg) == {"name", "backbone", "weights", "weights_format", "keep_head", "bgr_to_rgb"}
     assert cfg.name == name
-    assert cfg.weights is None and cfg.weights_format == "auto" and cfg.bgr_to_rgb is False
+    assert cfg.weights is None and cfg.weights_format == "auto"
+    assert cfg.bgr_to_rgb == ("auto" if name.startswith("iresnet") else False)  # iresnets load AdaFace (BGR)
     assert cfg.keep_head is False
     factory = get_method(cfg.backbone._target_)
     accepted = inspect.signature(factory).parameters

@@ -258,9 +258,28 @@ def test_adaface_checkpoint_gives_identical_embeddings(adaface_reference, inputs
     state["head.kernel"] = torch.randn(512, 10)
     path = _save({"state_dict": state, "epoch": 25}, tmp_path / "adaface_ir18.ckpt")
     ours = iresnet18(input_size=SIZE, first_stage_shortcut="subsample").eval()
-    assert load_backbone_weights(ours, path, bgr_to_rgb=True) == "adaface"
+    assert load_backbone_weights(ours, path) == "adaface"  # bgr_to_rgb="auto": AdaFace's stem is flipped
     with torch.no_grad():  # AdaFace sees BGR; ours sees RGB
         _assert_same_embeddings(ours(inputs), adaface_reference(inputs.flip(1)))
+    as_saved = iresnet18(input_size=SIZE, first_stage_shortcut="subsample").eval()
+    load_backbone_weights(as_saved, path, bgr_to_rgb=False)
+    with torch.no_grad():
+        _assert_same_embeddings(as_saved(inputs), adaface_reference(inputs))
+    with pytest.raises(WeightLoadingError, match="bgr_to_rgb must be true, false or auto"):
+        load_backbone_weights(as_saved, path, bgr_to_rgb="yes")
+
+
+def test_arcface_torch_training_checkpoint_loads_its_backbone(r18, inputs, tmp_path: Path) -> None:
+    """arcface_torch's ``checkpoint_gpu_<rank>.pt``: backbone under ``state_dict_backbone``, plus the
+    partial-FC head, optimizer and scheduler states; an insightface file is never flipped by "auto"."""
+    state = {"epoch": 3, "global_step": 900, "state_dict_backbone": r18.state_dict(),
+             "state_dict_softmax_fc": {"weight_activated": torch.randn(10, 512)},
+             "state_optimizer": {"param_groups": [{"lr": 0.1}]}, "state_lr_scheduler": {"last_epoch": 900}}
+    path = _save(state, tmp_path / "checkpoint_gpu_0.pt")
+    fresh = iresnet18(input_size=SIZE).eval()
+    assert load_backbone_weights(fresh, path) == "insightface"
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(inputs), r18(inputs), rtol=0, atol=0)
 
 
 def test_adaface_into_conv_shortcut_model_says_what_to_change(adaface_reference, tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def load_model_source(
         node, fmt, bgr_to_rgb = cfg["model"], "lightning", False
         image_size = int(cfg["data"]["image_size"])
     elif model_cfg is not None:
-        node, fmt, bgr_to_rgb = model_cfg, model_cfg.get("weights_format", "auto"), model_cfg.get("bgr_to_rgb", False)
+        node, fmt, bgr_to_rgb = model_cfg, model_cfg.get("weights_format", "auto"), model_cfg.get("bgr_to_rgb", "auto")
         image_size = None
     else:
         raise CheckpointError(
@@ -208,7 +208,7 @@ def load_model_source(
     else:
         backbone = instantiate(node["backbone"])  # the user's own model config (model=<name>)
     try:
-        detected = load_backbone_weights(backbone, path, fmt=fmt, bgr_to_rgb=bool(bgr_to_rgb),
+        detected = load_backbone_weights(backbone, path, fmt=fmt, bgr_to_rgb=bgr_to_rgb,
                                          trust_checkpoint=trust_checkpoint)
     except WeightLoadingError as error:
         raise CheckpointError(

@@ -3,13 +3,14 @@
 Formats:
 
 - ``insightface``: a plain state_dict as saved by ``arcface_torch`` (a leading ``module.`` from
-  DataParallel/DDP is stripped).
+  DataParallel/DDP is stripped), or its full training checkpoint ``checkpoint_gpu_<rank>.pt`` (the backbone
+  under ``state_dict_backbone``).
 - ``lightning``: ``checkpoint["state_dict"]`` with keys ``backbone.<key>``; every other key (margin head,
   ...) is ignored.
 - ``adaface``: an AdaFace IR checkpoint (``checkpoint["state_dict"]``, prefix ``model.``), converted with
   :func:`convert_adaface_state_dict`. The first block of an AdaFace IR has a parameter-free shortcut, so
   the iresnet must be built with ``first_stage_shortcut="subsample"``; AdaFace was trained on BGR input,
-  so load it with ``bgr_to_rgb=True``.
+  so ``bgr_to_rgb="auto"`` (the default) flips its stem to RGB.
 
 Files are read by :func:`~fr_invariance.models.checkpoint_io.load_checkpoint` (tensors-only unpickling unless
 ``trust_checkpoint``). Loading is strict: any missing, unexpected or mis-shaped key raises :class:`WeightLoadingError`.
@@ -124,6 +125,8 @@ def convert_adaface_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]
 
 def _backbone_state(checkpoint: object, fmt: str, path: Path) -> dict[str, Tensor]:
     if fmt == "insightface":
+        if isinstance(checkpoint, Mapping) and "state_dict_backbone" in checkpoint:  # arcface_torch's training state
+            checkpoint = checkpoint["state_dict_backbone"]
         return _strip_prefix(_tensors(checkpoint, f"{path} (insightface format)"), "module.")
     has_state_dict = isinstance(checkpoint, Mapping) and "state_dict" in checkpoint
     if fmt == "adaface":
@@ -170,7 +173,7 @@ def load_backbone_weights(
     backbone: nn.Module,
     path: str | Path,
     fmt: str = "auto",
-    bgr_to_rgb: bool = False,
+    bgr_to_rgb: bool | str = "auto",
     *,
     trust_checkpoint: bool = False,
 ) -> str:
@@ -181,7 +184,8 @@ def load_backbone_weights(
         path: checkpoint file.
         fmt: ``"auto"`` | ``"insightface"`` | ``"lightning"`` | ``"adaface"`` (see module doc).
         bgr_to_rgb: reverse the input-channel order of the stem conv (the only conv weight with 3 input
-            channels), for checkpoints trained on BGR images.
+            channels), for checkpoints trained on BGR images: ``True``, ``False`` or ``"auto"`` (only for the
+            ``adaface`` format, whose models are trained on BGR).
         trust_checkpoint: read the file with full unpickling, which can run code it carries (see
             :func:`~fr_invariance.models.checkpoint_io.load_checkpoint`); only for a file you trust.
 
@@ -193,6 +197,8 @@ def load_backbone_weights(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weights format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if bgr_to_rgb not in (True, False, "auto"):
+        raise WeightLoadingError(f"model.bgr_to_rgb must be true, false or auto, got {bgr_to_rgb!r}")
     path = Path(path)
     if not path.is_file():
         raise MissingPathError(f"backbone weights file not found: {path} (set model.weights to an existing file)")
@@ -202,7 +208,8 @@ def load_backbone_weights(
         raise WeightLoadingError(str(error)) from error
     detected = _detect_format(checkpoint) if fmt == "auto" else fmt
     state = {key.replace("_orig_mod.", ""): value for key, value in _backbone_state(checkpoint, detected, path).items()}
-    if bgr_to_rgb:
+    flip_stem = detected == "adaface" if bgr_to_rgb == "auto" else bgr_to_rgb
+    if flip_stem:
         _flip_stem_channels(state)
     _check_keys(backbone, state, path)
     backbone.load_state_dict(state, strict=True)

@@ -55,6 +55,6 @@ def warm_start(module: nn.Module, model_cfg: Mapping[str, Any], *, trust_checkpo
     ``model_cfg.keep_head``, the margin head into ``module.head``."""
     path = str(model_cfg["weights"])
     load_backbone_weights(module.backbone, path, fmt=model_cfg.get("weights_format", "auto"),
-                          bgr_to_rgb=bool(model_cfg.get("bgr_to_rgb", False)), trust_checkpoint=trust_checkpoint)
+                          bgr_to_rgb=model_cfg.get("bgr_to_rgb", "auto"), trust_checkpoint=trust_checkpoint)
     if model_cfg.get("keep_head", False):
         load_head_weights(module.head, path, trust_checkpoint=trust_checkpoint)
