@@ -164,18 +164,42 @@ def test_index_offset_past_the_end_is_a_clear_error(tmp_path):
 def test_label_range_disagreeing_with_the_index_is_a_clear_error(tmp_path):
     _fixture(tmp_path)
     lines = (tmp_path / "train.idx").read_text().splitlines()
-    (tmp_path / "train.idx").write_text("\n".join(lines[:-2]) + "\n")  # drop two identity records
-    with pytest.raises(RecordIOFormatError, match=r"disagree: record 0 says images are records 1\.\.9 and identity records 10\.\.12, but the \.idx lacks 2"):
+    (tmp_path / "train.idx").write_text("\n".join(lines[:3] + lines[5:]) + "\n")  # drop image records 3 and 4
+    with pytest.raises(RecordIOFormatError, match=r"disagree: record 0 says images are records 1\.\.9, but the \.idx lacks 2 "
+                                                  r"of those keys \(first: 3\)"):
         RecordIOFaces(tmp_path).setup()
 
 
-def test_identity_range_outside_the_images_is_a_clear_error(tmp_path):
+def test_labels_are_the_image_headers_even_with_identity_records(tmp_path):
+    """As insightface's arcface_torch reader: every image record 1..a-1 is a sample, labelled by its own header
+    (``label[0]`` of a label array); identity records (here inconsistent, and covering image 3 only) are
+    not used. Their float32 bounds cannot address images beyond 2^24 exactly."""
     with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as writer:
-        writer.write(0, pack(IRHeader(2, [3, 4]), b""))
-        writer.write(1, pack(IRHeader(0, 0.0, 1, 0), _jpeg((1, 2, 3))))
-        writer.write(2, pack(IRHeader(0, 0.0, 2, 0), _jpeg((1, 2, 3))))
-        writer.write(3, pack(IRHeader(2, [1, 9]), b""))
-    with pytest.raises(RecordIOFormatError, match=r"identity record 3 gives image range \(1, 9\), outside the images 1\.\.2"):
+        writer.write(0, pack(IRHeader(2, [5, 6]), b""))
+        for key, label in zip(range(1, 5), (20.0, [10.0, 1.0], 20.0, 10.0)):
+            writer.write(key, pack(IRHeader(0, label, key, 0), _jpeg((key * 40, 0, 0))))
+        writer.write(5, pack(IRHeader(2, [3, 4]), b""))
+    dataset = RecordIOFaces(tmp_path, image_size=16)
+    assert len(dataset) == 4 and dataset.class_names == ["10", "20"]
+    assert dataset.labels.tolist() == [1, 0, 1, 0]
+
+
+def test_a_key_listed_twice_takes_its_last_offset_as_mxnet_does(tmp_path):
+    samples = _fixture(tmp_path)
+    lines = (tmp_path / "train.idx").read_text().splitlines()
+    offsets = dict(line.split("\t") for line in lines)
+    stale = f"2\t{offsets['7']}"  # an earlier line for key 2 pointing at image 7's record
+    (tmp_path / "train.idx").write_text("\n".join([stale, *lines]) + "\n")
+    dataset = RecordIOFaces(tmp_path, image_size=16)
+    assert dataset._read(1) == samples[1][1]
+
+
+def test_damaged_header_record_is_a_clear_error(tmp_path):
+    _fixture(tmp_path)
+    data = bytearray((tmp_path / "train.rec").read_bytes())
+    struct.pack_into("<I", data, 4, 1 << 20)  # record 0's length now runs past the end of the file
+    (tmp_path / "train.rec").write_bytes(bytes(data))
+    with pytest.raises(RecordIOFormatError, match=r"record 0 of .*train\.rec is damaged"):
         RecordIOFaces(tmp_path).setup()
 
 

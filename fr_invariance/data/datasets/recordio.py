@@ -13,8 +13,9 @@ Format (DESIGN §10; dmlc-core's RecordIO framing and mxnet's ``recordio.pack``)
 - ``train.idx`` holds ``key\\toffset`` lines (decimal), the byte offset of each record's first chunk.
 - insightface layout: record 0 has ``flag 2`` and labels ``(a, b)``: records ``1 .. a-1`` are images,
   records ``a .. b-1`` (when ``a < b``) are one record per identity whose two labels ``(start, end)``
-  give that identity's image records ``start .. end-1``. When ``a = b`` (or record 0 carries no range),
-  labels come from the image records' headers.
+  give that identity's image records ``start .. end-1``. The reader, like insightface's, takes every image
+  record ``1 .. a-1`` and labels it by its own header; it does not need the identity records (their
+  float32 bounds are inexact beyond 2^24 images). Without the header record, every record is an image.
 
 Command line (packs fixtures and large rendered training sets once, to be streamed)::
 
@@ -321,8 +322,9 @@ class RecordIOFile:
                 )
         self.size = self.rec_path.stat().st_size
         keys, offsets = read_index(self.idx_path, self.size, self.rec_path)
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.offsets = keys[order], offsets[order]
+        # sorted keys; a key listed twice takes its last line's offset, as MXNet's index dict does
+        self.keys, last_line = np.unique(keys[::-1], return_index=True)
+        self.offsets = offsets[::-1][last_line]
         boundaries = np.unique(np.append(offsets, self.size))
         self.extents = boundaries[np.searchsorted(boundaries, self.offsets, side="right")] - self.offsets
         self._fd: int | None = None
@@ -414,8 +416,10 @@ class RecordIOFaces(FaceImageDataset):
         image_size: side of the returned images in pixels (resized when the records differ).
         name: file stem (``train``).
 
-    Labels: identity ``k`` is the ``k``-th identity record when record 0 declares identity records
-    (``a < b``); otherwise the sorted distinct header labels of the image records.
+    Samples are the image records ``1 … a−1`` when record 0 is insightface's header (flag ≥ 2, labels
+    ``(a, b)``), else every record. Labels are each image's own header label (``label[0]`` of a label array),
+    numbered ``0 … K−1`` in sorted order, as insightface's readers take them. Identity records (``a … b−1``)
+    are not needed: their ranges are float32 and inexact beyond 2^24 images (Glint360K, WebFace42M).
     """
 
     def __init__(self, root: str | Path | None, image_size: int = 112, name: str = "train") -> None:
@@ -434,7 +438,11 @@ class RecordIOFaces(FaceImageDataset):
         file = self.file = RecordIOFile(self.root / f"{self.name}.rec", self.root / f"{self.name}.idx")
         first_key = int(file.keys[0])
         file.check_magic(first_key)
-        header, body = unpack(file.read(first_key))
+        try:
+            header, body = unpack(file.read(first_key))
+        except CorruptImageError as error:
+            raise RecordIOFormatError(f"record {first_key} of {file.rec_path} is damaged ({error}); the file is "
+                                      f"truncated or not a RecordIO file. {FIX_HINT}") from None
         if first_key == 0 and header.flag >= 2 and not body:  # insightface's header record
             return self._index_with_range(header)
         self.keys = file.keys.copy()
@@ -451,30 +459,15 @@ class RecordIOFaces(FaceImageDataset):
         first_identity, end = int(labels[0]), int(labels[1])
         if not 1 < first_identity <= end:
             raise self._range_error(f"record 0's range (a={first_identity}, b={end}) is not 1 < a <= b.")
-        wanted = np.arange(1, end)
-        missing = wanted[~file.has(wanted)]
+        images = np.arange(1, first_identity, dtype=np.int64)
+        missing = images[~file.has(images)]
         if missing.size:
             raise self._range_error(
-                f"record 0 says images are records 1..{first_identity - 1} and identity records "
-                f"{first_identity}..{end - 1}, but the .idx lacks {missing.size} of those keys "
-                f"(first: {missing[0]})."
+                f"record 0 says images are records 1..{first_identity - 1}, but the .idx lacks {missing.size} of "
+                f"those keys (first: {missing[0]})."
             )
-        self.keys = np.arange(1, first_identity, dtype=np.int64)
-        if first_identity == end:
-            return self._labels_from_headers()
-        image_labels = np.full(first_identity - 1, -1, dtype=np.int64)
-        for identity, key in enumerate(range(first_identity, end)):
-            record, _ = unpack(file.read(key))
-            bounds = np.atleast_1d(record.label)
-            start, stop = int(bounds[0]), int(bounds[-1])
-            if bounds.size < 2 or not 1 <= start <= stop <= first_identity:
-                raise self._range_error(
-                    f"identity record {key} gives image range ({start}, {stop}), outside the images 1..{first_identity - 1}."
-                )
-            image_labels[start - 1 : stop - 1] = identity
-        keep = image_labels >= 0  # images outside every identity range are not used
-        self.keys = self.keys[keep]
-        return image_labels[keep], [str(k) for k in range(end - first_identity)]
+        self.keys = images
+        return self._labels_from_headers()
 
     def _labels_from_headers(self) -> tuple[np.ndarray, list[str]]:
         values = self.file.header_labels(self.keys)
