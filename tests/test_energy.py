@@ -164,6 +164,25 @@ def test_inverse_distance_gives_zero_weight_to_coincident_points():
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_inverse_distance_ignores_identical_positions_away_from_the_origin(metric, dtype):
+    """A copy of a position far from the origin: the Gram expansion of d_X leaves a rounding residue, not 0,
+    and 1/residue would swamp the point's mean; the copy must weigh 0, as at the origin."""
+    generator = torch.Generator().manual_seed(11)  # a seed whose residue is positive for both metrics and dtypes
+    positions = (torch.randn(6, 16, generator=generator, dtype=F64) + 1.0) * 30.0
+    vectors = torch.randn(6, 16, generator=generator, dtype=F64)
+    positions[1] = positions[0]
+    vectors[1] = -vectors[0]  # the opposite twin: d_V = 2 if it counted
+    twin_free = alignment_energy(positions[1:], vectors[1:], scale=1.0, neighbourhood="inverse_distance",
+                                 metric=metric, dtype=dtype)[0]
+    (result,) = alignment_energy(positions, vectors, scale=1.0, neighbourhood="inverse_distance", metric=metric,
+                                 dtype=dtype)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert result.per_point[1].item() == pytest.approx(twin_free.per_point[0].item(), abs=tolerance)
+    assert result.per_point[0].item() < 1.5 and result.mean_degree == pytest.approx((4 * 2 + 4 * 5) / 6)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 50])
 def test_chunked_equals_dense_reference(metric, chunk_size):
     positions, vectors = _clustered(50, 12, seed=4)

@@ -21,7 +21,7 @@ from fr_invariance.evaluation.invariance import (
 from fr_invariance.evaluation.plots import paired_model_comparisons
 from fr_invariance.evaluation.probe import EnergyProbe
 from fr_invariance.evaluation.report import render_markdown
-from fr_invariance.metrics.energy import displacement_magnitude, mean_pair_distance
+from fr_invariance.metrics.energy import displacement_magnitude, mean_pair_distance, null_energy
 from fr_invariance.metrics.stats import holm_correction
 from fr_invariance.models import create_backbone
 from fr_invariance.models.preprocess import to_model_input
@@ -234,3 +234,18 @@ def test_paired_comparisons_and_report(rendered_rows, tmp_path):
     text = render_markdown(both, comparisons)
     assert "shifted" in text and "Paired tests" in text and "ε = 0.6" in text
     assert "smallest attainable Wilcoxon p-value is 0.5" in text  # 2 identities
+
+
+def test_null_baseline_is_measured_on_the_fields_own_points(direct_embeddings, design):
+    """Curves whose step leaves the embedding unchanged (zero vectors) leave the field's point set; the null
+    baseline must be drawn on that same set of positions, not on every curve centre."""
+    still = direct_embeddings[0].copy()
+    step0, centre, step2 = design.curve_indices("hue")
+    still[step2[:5]] = still[step0[:5]]  # five hue curves that do not move
+    settings = EnergySettings("ball", params=(0.6,), null_baseline=True)
+    rows = invariance_rows({"id": still}, design.table, metric="cosine", attributes=["hue"], energy=settings)
+    assert rows.loc[0, "n_zero"] == 5
+    positions = torch.from_numpy(still[centre[5:]])
+    scale = mean_pair_distance(torch.from_numpy(still), metric="cosine", n_pairs=settings.n_pairs, seed=settings.seed)
+    expected = null_energy(positions, scale=scale, params=(0.6,), metric="cosine", seed=settings.seed)[0].energy
+    assert rows.loc[0, "null_energy"] == pytest.approx(expected, abs=1e-12)

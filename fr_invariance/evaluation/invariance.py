@@ -211,7 +211,9 @@ def _identity_rows(
             results = alignment_energy(positions, vectors, exact_repro=True, random_state=streams.numpy, **options)
         else:
             results = alignment_energy(positions, vectors, **options)
-        nulls = null_energy(positions, **options) if energy.null_baseline else [None] * len(results)
+        moving = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) > 0  # the field's points (no zero vectors)
+        with_null = energy.null_baseline and bool(moving.any())
+        nulls = null_energy(positions[moving], **options) if with_null else [None] * len(results)
         magnitude = float(displacement_magnitude(start, end, scale, metric).mean())
         for result, null in zip(results, nulls):
             row = {

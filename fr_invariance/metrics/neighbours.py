@@ -468,13 +468,18 @@ def knn_means(pairs: PairBlocks, ks: Sequence[int]) -> list[NeighbourMeans]:
 
 
 def inverse_distance_means(pairs: PairBlocks) -> NeighbourMeans:
-    """Weighted mean of ``d_V`` over all other points with weight ``1/d_X``, 0 where ``d_X = 0``."""
+    """Weighted mean of ``d_V`` over all other points with weight ``1/d_X``, 0 where ``d_X = 0``.
+
+    Identical position rows (after unit scaling for cosine) get weight 0 even where the Gram expansion of
+    ``d_X`` leaves a rounding residue instead of an exact 0 (which would weigh ``1/residue``)."""
     totals = torch.zeros(1, pairs.n_points, dtype=torch.float64)
     sums = torch.zeros(1, pairs.n_points, dtype=torch.float64)
     degree = torch.zeros(pairs.n_points, dtype=torch.int64)
+    same_position = torch.unique(pairs.position_rows, dim=0, return_inverse=True)[1]
     for block in pairs.upper_triangle():
         weights = torch.reciprocal(block.distance.clamp_(min=0.0), out=block.work[0])
-        weights.masked_fill_(torch.isinf(weights), 0.0)  # d_X = 0 (coincident points)
+        coincident = same_position[block.rows, None] == same_position[None, block.cols]
+        weights.masked_fill_(torch.isinf(weights) | coincident, 0.0)  # d_X = 0 (coincident points)
         positive = weights > 0
         degree[block.rows] += positive.sum(1).cpu()
         if block.mirrored:
