@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from fr_invariance.attributes import NUM_ATTRIBUTES
 from fr_invariance.models import create_backbone
@@ -36,15 +35,7 @@ def faces(n: int, size: int) -> torch.Tensor:
 
 def images_per_s(call: Callable[[], object], count: int, repeats: int, synchronize: Callable[[], None]) -> float:
     """``count / median seconds`` of ``call`` over ``repeats`` runs after one warm-up run."""
-    call()
-    synchronize()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        synchronize()
-        seconds.append(time.perf_counter() - start)
-    return count / statistics.median(seconds)
+    return count / median_seconds(call, repeats, synchronize)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ import copy
 import io
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
+from timing import median_seconds
 
 from fr_invariance.evaluation.embed import embed_images
 from fr_invariance.evaluation.invariance import declared_metric
@@ -41,19 +41,6 @@ from fr_invariance.models import create_backbone
 
 IMAGE_SIZE = 48
 GEMM_SIDE = 2048
-
-
-def median_seconds(call: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
-    """Median wall seconds of ``call`` over ``repeats`` runs after one warm-up run."""
-    call()
-    synchronize()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        synchronize()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
 
 
 def gemm_flops_per_s(device: torch.device, repeats: int, synchronize: Callable[[], None]) -> float:
