@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 
 import torch
-from timing import median_seconds
+from timing import median_seconds, torch_device
 
 from fr_invariance.attributes import NUM_ATTRIBUTES
 from fr_invariance.models import create_backbone
@@ -46,11 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch / onnxruntime CPU threads")
     parser.add_argument("--dlib-batch", type=int, default=32, help="images per dlib call (it is slower)")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, synchronize = torch_device(args.device, args.threads)
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} thread(s), device {device}, "
           f"load average {load[0]:.2f}")

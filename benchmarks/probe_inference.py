@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.utils.flop_counter import FlopCounterMode
-from timing import median_seconds
+from timing import median_seconds, torch_device
 
 from fr_invariance.evaluation.embed import embed_images
 from fr_invariance.evaluation.invariance import declared_metric
@@ -93,11 +93,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for ~30 s)")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, synchronize = torch_device(args.device, args.threads)
     load = os.getloadavg()[0]
 
     torch.manual_seed(0)
