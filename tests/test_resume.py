@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
 from omegaconf import OmegaConf
 
+from fr_invariance.training.callbacks import checkpoint_callbacks
 from tests.entrypoints import REPO, run_entry_point, summary_of
 
 # 16 steps per epoch, 2 epochs, a checkpoint every 4 steps; deterministic; a small probe on 2 attributes.
@@ -171,3 +174,46 @@ def test_csv_logger_resumes_by_cutting_later_rows(tmp_path, rows):
     tidy = pd.read_csv(tmp_path / "metrics_tidy.csv")
     assert tidy["step"].tolist() == [*range(rows + 1), 10]
     assert set(tidy.columns) == {"step", "epoch", "metric", "value"}
+
+
+class CountingValidations(BoringModel):
+    validations = 0
+
+    def on_validation_epoch_end(self) -> None:
+        self.validations += 1
+
+
+def test_last_ckpt_is_written_after_every_epochs_validation_and_mid_epoch_only_between(tmp_path, monkeypatch):
+    """Every epoch ends with a checkpoint taken after its validation (and invariance measurement); a step
+    checkpoint never falls on an epoch's last batch, where it would resume into the next epoch and lose this
+    epoch's validation and measurement. (Lightning's ModelCheckpoint with save_top_k=0 wrote last.ckpt only when
+    training ended.)"""
+    saves: list[tuple[int, int]] = []
+    save = L.Trainer.save_checkpoint
+    model = CountingValidations()
+
+    def recorded(trainer, *args, **kwargs):
+        saves.append((trainer.global_step, model.validations))
+        return save(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", recorded)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1, logger=False,
+                        callbacks=checkpoint_callbacks(tmp_path, every_n_steps=2), enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert [(step, done) for step, done in saves if step % 4 == 0] == [(4, 1), (8, 2), (12, 3)]
+    assert [step for step, _ in saves if step % 4] == [2, 6, 10]
+
+
+def test_a_fresh_start_in_a_used_folder_does_not_append_to_its_old_rows(tmp_path):
+    """An attempt that left rows but no checkpoint (killed before its first one), then the same command again."""
+    run = [*RUN, "trainer.max_epochs=1", "checkpoint_every_n_steps=0", f"hydra.run.dir={tmp_path}"]
+    run_entry_point("train.py", *run)
+    for checkpoint in (tmp_path / "checkpoints").iterdir():
+        checkpoint.unlink()
+    run_entry_point("train.py", *run)
+    invariance = pd.read_csv(tmp_path / "invariance.csv")
+    assert sorted(invariance["epoch"].unique()) == [-1, 0]
+    assert not invariance.duplicated(["epoch", "identity", "attribute", "neighbourhood", "param"]).any()
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert not metrics.duplicated().any() and metrics["step"].is_monotonic_increasing

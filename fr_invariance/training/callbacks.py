@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from fr_invariance.atomic import atomic_writer
 from fr_invariance.errors import TrainingError
@@ -172,14 +172,51 @@ class LoaderStateRestore(L.Callback):
                 loader.load_state_dict(state)
 
 
-def checkpoint_callbacks(dirpath: str | Path, every_n_steps: int = 0) -> list[ModelCheckpoint]:
+class EpochEndCheckpoint(Checkpoint):
+    """``dirpath/last.ckpt`` at the end of every training epoch, after its validation and invariance measurement
+    (Lightning runs checkpoint callbacks after the others), and when training stops inside an epoch
+    (``max_steps``). ``ModelCheckpoint`` with ``save_top_k=0`` writes ``last.ckpt`` only when training ends."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        self.saved_step: int | None = None
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self.saved_step:
+            self._save(trainer)
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """A step checkpoint that never falls on an epoch's last batch: a state saved there resumes into the next
+    epoch, so that epoch's validation and invariance measurement (which run after its last batch) would be
+    lost. The epoch checkpoint saves right after them instead."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: :class:`EpochEndCheckpoint` holds the final state (ModelCheckpoint would save it again here,
+        as a later epoch)."""
+
+
+def checkpoint_callbacks(dirpath: str | Path, every_n_steps: int = 0) -> list[Checkpoint]:
     """``last.ckpt`` in ``dirpath`` after every epoch (after its validation and invariance measurement) and,
-    with ``every_n_steps > 0``, every that many optimizer steps inside an epoch. Both write the same
-    ``last.ckpt`` (no ``last-v1.ckpt``), so resuming always finds the newest state."""
-    shared = {"dirpath": dirpath, "save_last": True, "save_top_k": 0, "enable_version_counter": False}
-    callbacks = [ModelCheckpoint(**shared, every_n_epochs=1)]
+    with ``every_n_steps > 0``, every that many optimizer steps inside an epoch (never at its last batch). Both
+    write the same ``last.ckpt`` (no ``last-v1.ckpt``), so resuming always finds the newest state."""
+    callbacks: list[Checkpoint] = [EpochEndCheckpoint(dirpath)]
     if every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(**shared, every_n_train_steps=int(every_n_steps)))
+        callbacks.append(MidEpochCheckpoint(dirpath=dirpath, save_last=True, save_top_k=0, enable_version_counter=False,
+                                            every_n_train_steps=int(every_n_steps)))
     return callbacks
 
 

@@ -168,6 +168,15 @@ def restore_run_files(checkpoint: Path, run_dir: Path, loggers: list[Logger], *,
     return entry
 
 
+def discard_run_files(run_dir: Path, loggers: list[Logger]) -> None:
+    """A fresh start in a folder that an earlier attempt wrote to but left no checkpoint in (e.g. an unfinished
+    sweep arm run again): its invariance rows and logged metrics go, instead of being appended to."""
+    (run_dir / CSV_NAME).unlink(missing_ok=True)
+    for logger in loggers:
+        if isinstance(logger, RunCSVLogger):
+            logger.keep_first(0)
+
+
 def trainer_overrides(cfg: DictConfig, steps_per_epoch: int) -> dict[str, Any]:
     """Trainer arguments that depend on the run: a logging interval no longer than an epoch, no progress bar
     in quiet sweeps (``FR_INVARIANCE_QUIET=1``)."""
@@ -196,6 +205,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         entry = restore_run_files(checkpoint, output_dir, loggers,
                                   trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))
         log.info("continuing the run in %s from %s (step %s)", output_dir, checkpoint, entry.get("global_step", "?"))
+    else:
+        discard_run_files(output_dir, loggers)
     samples, batch = cfg.data.get("samples_per_epoch"), cfg.data.get("batch_size")
     steps = int(samples) // int(batch) if samples and batch else 0
     trainer: L.Trainer = instantiate(
