@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fr_invariance.evaluation.checkpoints import load_model_source
 from tests.entrypoints import run_entry_point, run_train, summary_of
 
 
@@ -54,7 +55,7 @@ def test_arms_start_from_the_base_measurement_and_epochs_match_evaluate(sweep, t
     assert sorted(rows["epoch"].unique()) == [-1, 0]
     assert set(rows["neighbourhood"]) == {"ball", "knn"}
     checkpoint = torch.load(arm / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["invariance_epoch"] == 0
+    assert checkpoint["invariance_epoch"] == 0 and checkpoint["steps_into_epoch"] == 0  # saved at the epoch's end
     base = sweep / "base"
     control = pd.read_csv(sweep / "arms" / "none_s0_seed1" / "invariance.csv")
     before = control[control["epoch"] == -1].sort_values(["identity", "attribute", "neighbourhood"])
@@ -94,3 +95,13 @@ def test_keep_head_from_bare_weights_is_a_clear_error(sweep, tmp_path):
                        f"model.weights={sweep / 'base' / 'backbone.pth'}", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode == 2
     assert "holds no margin head" in result.stderr
+
+
+def test_a_mid_epoch_checkpoint_is_reported_as_its_last_completed_epoch_with_a_warning(sweep, tmp_path):
+    checkpoint = torch.load(sweep / "arms" / "contrast_s1_seed1" / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=True)
+    checkpoint["steps_into_epoch"] = 3
+    torch.save(checkpoint, tmp_path / "mid.ckpt")
+    with pytest.warns(UserWarning, match=r"saved 3 steps into epoch 1 \(a mid-epoch checkpoint\); it is reported as epoch 0"):
+        source = load_model_source(tmp_path / "mid.ckpt")
+    assert source.epoch == 0

@@ -11,6 +11,7 @@ Three sources:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,11 @@ def load_model_source(
     cfg = _training_config(checkpoint)
     # our checkpoints say which epoch the weights are, numbered as the invariance callback does
     epoch = checkpoint.get("invariance_epoch", checkpoint.get("epoch")) if isinstance(checkpoint, Mapping) else None
+    steps_into_epoch = checkpoint.get("steps_into_epoch", 0) if isinstance(checkpoint, Mapping) else 0
+    if isinstance(epoch, int) and steps_into_epoch:
+        warnings.warn(f"{path} was saved {steps_into_epoch} steps into epoch {epoch + 1} (a mid-epoch checkpoint); "
+                      f"it is reported as epoch {epoch}, the last completed one, but its weights are later.",
+                      stacklevel=2)
     del checkpoint  # load_backbone_weights reads the file again; do not hold two copies
     if cfg is not None:
         trained = cfg["model"].get("name")

@@ -17,6 +17,7 @@ from fr_invariance.models.preprocess import to_model_input
 from fr_invariance.training.head_init import HEAD_INITS, class_centres, imprint_head
 
 INVARIANCE_EPOCH_KEY = "invariance_epoch"
+STEPS_INTO_EPOCH_KEY = "steps_into_epoch"  # > 0: a mid-epoch checkpoint, later than its invariance_epoch
 """Checkpoint entry: the epoch of the weights as the invariance callback numbers it (see ``on_save_checkpoint``)."""
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 """``optimizer(param_groups)`` (a ``_partial_`` of ``conf/optim``)."""
@@ -132,10 +133,12 @@ class FaceRecognitionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store ``invariance_epoch``: the index of the last fully trained epoch (−1 before the first), the
-        epoch number the invariance callback gives to a measurement of these weights."""
+        epoch number the invariance callback gives to a measurement of these weights, and ``steps_into_epoch``:
+        optimizer steps of the next epoch already in these weights (0 at an epoch's end)."""
         trainer = self.trainer
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
         checkpoint[INVARIANCE_EPOCH_KEY] = trainer.global_step // steps_per_epoch - 1
+        checkpoint[STEPS_INTO_EPOCH_KEY] = trainer.global_step % steps_per_epoch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, E)`` of images ``(B, 3, H, W)`` RGB in ``[0, 1]``."""
