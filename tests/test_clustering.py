@@ -238,7 +238,7 @@ def test_identity_mean_leaves_out_tied_identities():
     source = _source(x, identities, a=labels)
     analysis = _analysis(extra_sampling="identity_mean")
     _, y, ids, tied = analysis.extra_sample(source, labels, "a")
-    assert tied == 2 and list(ids) == [0, 1, 2, 3] and list(y) == [1, 1, -1, -1]  # not +1 for 4 and 5
+    assert tied == 2 and list(ids) == ["0", "1", "2", "3"] and list(y) == [1, 1, -1, -1]  # not +1 for 4 and 5
     scores, _, _ = analysis.measure(source, False)
     assert {(r["n"], r["n_identities"], r["note"]) for r in scores} == {
         (4, 4, "2 identities with a tied mean label left out")}

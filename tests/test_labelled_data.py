@@ -19,6 +19,7 @@ from fr_invariance.data.datasets.labelled_synthetic import (
     build_labelled_synthetic,
 )
 from fr_invariance.data.embeddings_table import (
+    EmbeddingsTable,
     EmbeddingsTableError,
     read_embeddings_table,
     same_images,
@@ -53,6 +54,16 @@ def test_embeddings_table_accepts_zero_one_and_booleans(tmp_path):
     table = read_embeddings_table(tmp_path)
     assert table.attributes["a"].tolist() == [-1, 1, 1] and table.attributes["b"].tolist() == [1, -1, 1]
     assert table.attribute_names == ["a", "b"]
+
+
+def test_embeddings_table_keeps_identities_as_written(tmp_path):
+    """'0001' must not become 1 (it would merge with '1' and change the cross-model split), nor 'NA' a gap."""
+    np.save(tmp_path / "embeddings.npy", np.zeros((4, 2), np.float32))
+    (tmp_path / "meta.csv").write_text("identity,path,a\n0001,0001/a.jpg,1\n1,1/b.jpg,-1\nNA,NA/c.jpg,1\n010,x,1\n")
+    table = read_embeddings_table(tmp_path)
+    assert list(table.identities) == ["0001", "1", "NA", "010"] and list(table.names)[0] == "0001/a.jpg"
+    computed = EmbeddingsTable(np.zeros((2, 2), np.float32), np.array([7, 8]), pd.DataFrame({"a": [1, -1]}))
+    assert list(computed.identities) == ["7", "8"]  # tables built in memory compare equal to ones read back
 
 
 @pytest.mark.parametrize("problem, match", [
@@ -180,3 +191,22 @@ def test_labelled_synthetic_rejects_bad_settings():
         build_labelled_synthetic(8, 5, concentration={"glasses": 1.0})
     with pytest.raises(LabelledSyntheticError, match="control_range"):
         build_labelled_synthetic(8, 5, control_range=(0.5, 0.2))
+
+
+def test_unreadable_celeba_images_are_counted_and_the_image_rule_holds_for_what_is_embedded(tmp_path):
+    from fr_invariance.evaluation.labelled_embeddings import LabelledData, LabelledDataError, embed_celeba
+    from fr_invariance.models import create_backbone
+
+    identities = ["7"] * 4 + ["9"] * 3 + ["11"] * 2
+    values = [[1, -1], [-1, 1]] * 4 + [[1, 1]]
+    images = write_celeba(tmp_path, identities, values)
+    (tmp_path / "img_align_celeba" / images[5]).unlink()  # identity 9 keeps 2 readable images
+    model = create_backbone("tiny", input_size=16).eval()
+    settings = LabelledData(source="celeba", celeba_root=str(tmp_path), min_images=3, num_workers=0)
+    with pytest.warns(UserWarning, match=r"1 of 7 CelebA images could not be read .* e\.g\. 000006\.jpg.* 1 identities"):
+        table = embed_celeba(model, settings, image_size=16)
+    assert list(table.identities) == ["7"] * 4 and list(table.names) == images[:4] and table.embeddings.shape == (4, 128)
+    for image in images:
+        (tmp_path / "img_align_celeba" / image).unlink(missing_ok=True)
+    with pytest.raises(LabelledDataError, match=r"None of the 7 CelebA images listed could be read .* e\.g\. 000001\.jpg"):
+        embed_celeba(model, settings, image_size=16)

@@ -42,7 +42,7 @@ class EmbeddingsTable:
 
     Attributes:
         embeddings: ``(N, D)`` float32.
-        identities: ``(N,)`` identity labels (strings or integers as read).
+        identities: ``(N,)`` identity labels as text, exactly as written (``0001`` stays ``0001``).
         attributes: ``(N, A)`` int8 frame with values −1 / +1, one column per attribute.
         names: ``(N,)`` image names from a ``path``/``image``/``file`` column, or None.
         kinds: attribute → kind (``image``, ``semantic``, ``identity``, ``annotated``...), for reports.
@@ -57,6 +57,7 @@ class EmbeddingsTable:
     path: Path | None = None
 
     def __post_init__(self) -> None:
+        self.identities = np.asarray(self.identities).astype(str)
         n = self.embeddings.shape[0]
         if self.embeddings.ndim != 2:
             raise EmbeddingsTableError(f"embeddings must be (N, D), got shape {self.embeddings.shape}.")
@@ -118,7 +119,9 @@ def read_embeddings_table(path: str | Path) -> EmbeddingsTable:
         raise EmbeddingsTableError(f"{embeddings_file} must be a 2-D float array (N, D), got {embeddings.dtype} {embeddings.shape}.")
     if not np.isfinite(embeddings).all():
         raise EmbeddingsTableError(f"{embeddings_file} holds NaN or infinite values; re-export the embeddings.")
-    meta = pd.read_csv(meta_file)
+    # identities and names as written ('0001' must not become 1, nor 'NA' a missing value); only '' is missing
+    meta = pd.read_csv(meta_file, dtype={IDENTITY_COLUMN: str, **dict.fromkeys(NAME_COLUMNS, str)},
+                       keep_default_na=False, na_values=[""])
     if IDENTITY_COLUMN not in meta.columns:
         raise EmbeddingsTableError(f"{meta_file} has no {IDENTITY_COLUMN!r} column (columns: {', '.join(meta.columns)}).")
     if len(meta) != embeddings.shape[0]:

@@ -11,6 +11,7 @@ Where they come from, per source of an :class:`~fr_invariance.evaluation.analyse
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -142,8 +143,10 @@ def _collate_with_indices(items: list[tuple[torch.Tensor | None, int, int, str]]
 
 def embed_celeba(model: nn.Module, settings: LabelledData, *, image_size: int, batch_size: int = 256,
                  progress: bool = False, description: str = "embed CelebA") -> EmbeddingsTable:
-    """Decode the CelebA images at ``image_size`` and embed them; undecodable images are left out (their rows
-    too), so the table may be shorter than the annotation files."""
+    """Decode the CelebA images at ``image_size`` and embed them. Images that cannot be read (missing or
+    undecodable) are left out with a warning that counts them, and identities left with fewer than
+    ``settings.min_images`` readable images are dropped too, so the ≥ ``min_images`` rule holds for what is
+    analysed."""
     from fr_invariance.data.datasets.celeba import CelebAFaces
 
     dataset = CelebAFaces(settings.celeba_root, image_size, min_images=settings.min_images,
@@ -159,13 +162,30 @@ def embed_celeba(model: nn.Module, settings: LabelledData, *, image_size: int, b
             batch = images.to(device, non_blocking=True).float().div_(255.0)
             chunks.append(model(to_model_input(batch)).float().cpu())
             kept.append(indices)
+    names = dataset.table["image"].to_numpy()
+    rows = torch.cat(kept).numpy() if kept else np.zeros(0, np.int64)
+    unread = np.setdiff1d(np.arange(len(dataset)), rows)
     if not chunks:
-        raise LabelledDataError(f"No CelebA image under {dataset.image_dir} could be decoded.")
-    rows = torch.cat(kept).numpy()
+        raise LabelledDataError(
+            f"None of the {len(dataset)} CelebA images listed could be read under {dataset.image_dir} (missing or "
+            f"undecodable, e.g. {names[unread[0]]}); check celeba_image_dir and the files' extension.")
+    if unread.size:
+        identities = dataset.identities[rows]
+        labels, counts = np.unique(identities, return_counts=True)
+        short = labels[counts < settings.min_images]
+        rows = rows[~np.isin(identities, short)]
+        warnings.warn(f"{unread.size} of {len(dataset)} CelebA images could not be read under {dataset.image_dir} "
+                      f"(missing or undecodable, e.g. {names[unread[0]]}); they are left out, and with them "
+                      f"{short.size} identities left with fewer than {settings.min_images} images.", stacklevel=2)
+        if rows.size == 0:
+            raise LabelledDataError(f"No CelebA identity keeps {settings.min_images} readable images under "
+                                    f"{dataset.image_dir}; lower min_images or restore the missing files.")
+        embeddings = torch.cat(chunks).numpy()[np.isin(torch.cat(kept).numpy(), rows)]
+    else:
+        embeddings = torch.cat(chunks).numpy()
     kinds = {name: "annotated" for name in dataset.attributes.columns}
-    table = EmbeddingsTable(torch.cat(chunks).numpy(), dataset.identities[rows],
-                            dataset.attributes.iloc[rows].reset_index(drop=True),
-                            names=dataset.table["image"].to_numpy()[rows], kinds=kinds)
+    table = EmbeddingsTable(embeddings, dataset.identities[rows], dataset.attributes.iloc[rows].reset_index(drop=True),
+                            names=names[rows], kinds=kinds)
     return table
 
 
