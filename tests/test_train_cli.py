@@ -48,6 +48,8 @@ def test_single_run_writes_checkpoint_backbone_and_tidy_metrics(trained_run):
     tidy = pd.read_csv(run_dir / "metrics_tidy.csv")  # the same values in long format
     assert list(tidy.columns) == ["step", "epoch", "metric", "value"]
     assert sorted(tidy.loc[tidy["metric"] == energy_columns[0], "epoch"]) == [-1, 0, 1]
+    # held-out verification beside every measurement, epoch -1 included (a full validation before the first step)
+    assert sorted(tidy.loc[tidy["metric"] == "verification/ordinary/acc", "epoch"]) == [-1, 0, 1]
     assert (run_dir / "config.yaml").is_file()
     checkpoint = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["cfg"]["attr"]["name"] == "contrast"

@@ -102,7 +102,8 @@ class InvarianceCallback(L.Callback):
         self.history[epoch] = self.last_metrics
         csv_path = Path(trainer.default_root_dir) / CSV_NAME
         rows.to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
-        verification = {} if epoch == BEFORE_TRAINING else verification_metrics(trainer.callback_metrics)
+        verification = verification_metrics(getattr(pl_module, "verification_before_training", {})
+                                            if epoch == BEFORE_TRAINING else trainer.callback_metrics)
         self.dashboards.write(trainer.loggers, self.last_metrics, verification, epoch=epoch, step=trainer.global_step)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -91,6 +91,7 @@ class FaceRecognitionModule(L.LightningModule):
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
         self._val_embeddings: dict[int, list[torch.Tensor]] = {}  # dataloader index -> batches
+        self.verification_before_training: dict[str, float] = {}  # val/<set>/... of a full sanity check
 
     def _backbone_batchnorms(self) -> list[nn.Module]:
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -166,7 +167,8 @@ class FaceRecognitionModule(L.LightningModule):
         """Per validation set ``name`` (the datamodule's ``val_sets``, in dataloader order) log DESIGN §11's
         ``val/<name>/acc``, ``acc_std``, ``threshold`` and ``tar@far1e-3`` (also under each alias, e.g.
         ``val/targeted/...``); ``val_verification_acc`` (``_std``) repeat the ``ordinary`` set (else the
-        first one). Sets not embedded in full (sanity check, ``limit_val_batches``) are skipped."""
+        first one). Sets not embedded in full (sanity check, ``limit_val_batches``) are skipped. A full sanity
+        check (before training) logs nothing and keeps its metrics in ``verification_before_training``."""
         outputs, self._val_embeddings = self._val_embeddings, {}
         datamodule = getattr(self.trainer, "datamodule", None)
         val_sets = getattr(datamodule, "val_sets", None) or []
@@ -187,6 +189,9 @@ class FaceRecognitionModule(L.LightningModule):
                 metrics[f"val/{name}/threshold"] = result.threshold_mean
                 metrics[f"val/{name}/tar@far1e-3"] = result.tar_at_far[1e-3]
         if not metrics:
+            return
+        if self.trainer.sanity_checking:
+            self.verification_before_training = metrics
             return
         names = [val_set.name for val_set in val_sets if f"val/{val_set.name}/acc" in metrics]
         main = "ordinary" if "ordinary" in names else names[0]

@@ -177,10 +177,14 @@ def discard_run_files(run_dir: Path, loggers: list[Logger]) -> None:
             logger.keep_first(0)
 
 
-def trainer_overrides(cfg: DictConfig, steps_per_epoch: int) -> dict[str, Any]:
+def trainer_overrides(cfg: DictConfig, steps_per_epoch: int, *, fresh: bool) -> dict[str, Any]:
     """Trainer arguments that depend on the run: a logging interval no longer than an epoch, no progress bar
-    in quiet sweeps (``FR_INVARIANCE_QUIET=1``)."""
+    in quiet sweeps (``FR_INVARIANCE_QUIET=1``), and on a fresh run measured before training, a full
+    validation pass before the first step (Lightning's sanity check), whose held-out verification the
+    invariance callback logs with its epoch −1 measurement."""
     overrides: dict[str, Any] = {}
+    if fresh and cfg.get("invariance") is not None and cfg.invariance.get("before_training", False):
+        overrides["num_sanity_val_steps"] = -1
     interval = int(cfg.trainer.get("log_every_n_steps", 50))
     if steps_per_epoch > 0 and interval > steps_per_epoch:
         overrides["log_every_n_steps"] = steps_per_epoch
@@ -211,7 +215,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     steps = int(samples) // int(batch) if samples and batch else 0
     trainer: L.Trainer = instantiate(
         cfg.trainer, default_root_dir=str(output_dir), logger=loggers, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg, steps),
+        plugins=[AtomicCheckpointIO()], **trainer_overrides(cfg, steps, fresh=checkpoint is None),
     )
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint is not None else None)
