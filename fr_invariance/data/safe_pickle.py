@@ -6,7 +6,8 @@ Python 2, so they are read with ``encoding="bytes"`` (a Python 2 ``str`` becomes
 
 Unpickling may only rebuild what the format needs: containers, byte strings, numbers, numpy arrays of
 ``bool`` or ``uint8`` and numpy ``bool`` scalars. An encoded image may be a uint8 vector, ``(N,)`` or
-``(N, 1)`` (``cv2.imencode``'s output, which insightface's AgeDB and CFP packers stored as it came). Any other ``module.name`` in the file is refused before it is imported or called
+``(N, 1)`` (``cv2.imencode``'s output, which insightface's AgeDB and CFP packers stored as it came). Any other
+``module.name`` in the file is refused before it is imported or called
 (:class:`~fr_invariance.errors.UnsafeFileError`): a pickle can carry code that runs when it is loaded.
 """
 

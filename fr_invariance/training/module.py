@@ -17,8 +17,9 @@ from fr_invariance.models.preprocess import to_model_input
 from fr_invariance.training.head_init import HEAD_INITS, class_centres, imprint_head
 
 INVARIANCE_EPOCH_KEY = "invariance_epoch"
-STEPS_INTO_EPOCH_KEY = "steps_into_epoch"  # > 0: a mid-epoch checkpoint, later than its invariance_epoch
 """Checkpoint entry: the epoch of the weights as the invariance callback numbers it (see ``on_save_checkpoint``)."""
+STEPS_INTO_EPOCH_KEY = "steps_into_epoch"
+"""Checkpoint entry: optimizer steps past ``invariance_epoch``'s end (> 0: a mid-epoch checkpoint)."""
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 """``optimizer(param_groups)`` (a ``_partial_`` of ``conf/optim``)."""
 SchedulerFactory = Callable[..., dict[str, Any]]
