@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from fr_invariance.attributes import ATTRIBUTE_NAMES, validate_attributes
 from fr_invariance.data.paper_format import PaperEmbeddings
 from fr_invariance.errors import ConfigurationError
-from fr_invariance.metrics.energy import alignment_energy, displacement_magnitude, mean_pair_distance, null_energy
+from fr_invariance.metrics.energy import (
+    alignment_energy,
+    displacement_magnitude,
+    mean_pair_distance,
+    null_energy,
+    zero_rows,
+)
 from fr_invariance.metrics.exact_repro import SCRIPT_DIMENSIONS, ScriptStreams, script_curve_selection, script_scale
 from fr_invariance.synth.designs import MOVING_DIMENSION, curve_indices
 
@@ -211,7 +217,7 @@ def _identity_rows(
             results = alignment_energy(positions, vectors, exact_repro=True, random_state=streams.numpy, **options)
         else:
             results = alignment_energy(positions, vectors, **options)
-        moving = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) > 0  # the field's points (no zero vectors)
+        moving = ~zero_rows(vectors).to(positions.device)  # the field's own points
         with_null = energy.null_baseline and bool(moving.any())
         nulls = null_energy(positions[moving], **options) if with_null else [None] * len(results)
         magnitude = float(displacement_magnitude(start, end, scale, metric).mean())

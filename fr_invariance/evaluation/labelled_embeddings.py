@@ -169,20 +169,19 @@ def embed_celeba(model: nn.Module, settings: LabelledData, *, image_size: int, b
         raise LabelledDataError(
             f"None of the {len(dataset)} CelebA images listed could be read under {dataset.image_dir} (missing or "
             f"undecodable, e.g. {names[unread[0]]}); check celeba_image_dir and the files' extension.")
+    embeddings = torch.cat(chunks).numpy()
     if unread.size:
         identities = dataset.identities[rows]
         labels, counts = np.unique(identities, return_counts=True)
         short = labels[counts < settings.min_images]
-        rows = rows[~np.isin(identities, short)]
+        enough = ~np.isin(identities, short)
+        rows, embeddings = rows[enough], embeddings[enough]
         warnings.warn(f"{unread.size} of {len(dataset)} CelebA images could not be read under {dataset.image_dir} "
                       f"(missing or undecodable, e.g. {names[unread[0]]}); they are left out, and with them "
                       f"{short.size} identities left with fewer than {settings.min_images} images.", stacklevel=2)
         if rows.size == 0:
             raise LabelledDataError(f"No CelebA identity keeps {settings.min_images} readable images under "
                                     f"{dataset.image_dir}; lower min_images or restore the missing files.")
-        embeddings = torch.cat(chunks).numpy()[np.isin(torch.cat(kept).numpy(), rows)]
-    else:
-        embeddings = torch.cat(chunks).numpy()
     kinds = {name: "annotated" for name in dataset.attributes.columns}
     table = EmbeddingsTable(embeddings, dataset.identities[rows], dataset.attributes.iloc[rows].reset_index(drop=True),
                             names=names[rows], kinds=kinds)

@@ -236,7 +236,7 @@ def alignment_energy(
         raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
 
     n_points = positions.shape[0]
-    zero_vectors = (torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) == 0).cpu()
+    zero_vectors = zero_rows(vectors)
     if exact_repro:
         stream = random_state if random_state is not None else np.random.RandomState(seed)
         balls = script_ball(
@@ -304,6 +304,12 @@ def _result(
         n_zero=int(zero_vectors.sum()),
         per_point=per_point,
     )
+
+
+def zero_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """``(C,)`` bool on the CPU: which rows of ``vectors`` ``(C, D)`` are exactly zero (in float64). Zero vectors
+    have no direction: they leave the field's point set."""
+    return (torch.linalg.vector_norm(vectors.to(torch.float64), dim=1) == 0).cpu()
 
 
 def null_energy(

@@ -128,7 +128,6 @@ class SweepAnalysis(Analysis):
         effects.insert(2, "strength", [strength_of(a) for a in effects["arm"]])
         effects.insert(2, "targeted_attribute", [targeted.get(a) for a in effects["arm"]])
         effects["ratio"] = effects["arm_mean"] / effects["control_mean"]
-        effects["exceeds_control_spread"] = effects["exceeds_control_spread"].astype("boolean")
         effects["called"] = (effects["p_holm"] < self.alpha) & effects["exceeds_control_spread"].fillna(False)
         verification = verification_cost(finals)
         curves = (rows.groupby(["arm", "attribute", "neighbourhood", "param", "epoch"], dropna=False)
